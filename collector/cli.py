@@ -1,0 +1,204 @@
+"""The `gpuscope` command. Every expected failure ends in one line saying
+what to do and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from gpuscope.probes import procfs
+from gpuscope.probes.source import SourceError
+
+EXIT_USAGE, EXIT_FAILED, EXIT_PRIVILEGE = 2, 1, 77
+_HOLD = ("import os, sys\nfd = int(sys.argv[1])\nos.read(fd, 1)\nos.close(fd)\n"
+         "os.execvp(sys.argv[2], sys.argv[2:])")
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_FAILED):
+        super().__init__(message)
+        self.code = code
+
+
+def build_sources(args):
+    from gpuscope.probes.io import IoProbe
+    from gpuscope.probes.kernel import KernelProbes
+    from gpuscope.probes.proc import ProcProbe
+    from gpuscope.probes.sched import SchedProbe
+
+    proc, io = ProcProbe(), IoProbe()
+    proc.listeners.append(io)
+    probes = [proc, io]
+    if args.sched:
+        probes.append(SchedProbe(min_offcpu_us=args.min_offcpu_us))
+    return [KernelProbes(probes)]
+
+
+def default_output(pid: int) -> str:
+    return f"gpuscope-{pid}-{time.strftime('%Y%m%d-%H%M%S')}.pftrace"
+
+
+def check_output(path: str) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d):
+        raise CliError(f"cannot write trace to {path}: directory {d} does not exist "
+                       "(create it, or choose another path with -o)", EXIT_USAGE)
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as e:
+        raise CliError(f"cannot write trace to {path}: {e.strerror} "
+                       "(choose another path with -o)", EXIT_USAGE) from None
+
+
+def check_privileges() -> None:
+    from .doctor import missing_capabilities
+
+    missing = missing_capabilities()
+    if missing:
+        raise CliError("gpuscope needs root, or the capabilities " + ", ".join(missing) +
+                       ": run it with sudo (or grant them, e.g. setcap / securityContext)",
+                       EXIT_PRIVILEGE)
+
+
+def capture(args, pid: int, on_attached=None, command=None):
+    from .session import Session
+    from .status import StatusLine
+
+    output = args.output or default_output(pid)
+    check_output(output)
+    if args.ebpf:
+        for src in build_sources(args):
+            print(src.expanded_source())
+        return None
+    session = Session(pid, build_sources(args), output, duration=args.duration,
+                      subprocesses=args.subprocesses,
+                      status=None if args.quiet else StatusLine(), command=command)
+    session.install_signal_handlers()
+    try:
+        cap = session.run(on_attached=on_attached)
+    except SourceError as e:
+        if os.path.exists(output) and os.path.getsize(output) <= 200:
+            os.unlink(output)  # nothing but the clock snapshot
+        raise CliError(str(e)) from None
+    report(cap)
+    return cap
+
+
+def report(cap) -> None:
+    size = os.path.getsize(cap.trace) if os.path.exists(cap.trace) else 0
+    err = sys.stderr
+    err.write(f"gpuscope: captured {cap.duration_s:.1f}s ({cap.reason}), "
+              f"{len(cap.processes)} process(es)\n")
+    for src, n in sorted(cap.events.items()):
+        lost = cap.lost.get(src, 0)
+        err.write(f"  {src:<8} {n:>9} events" + (f"  LOST {lost}" if lost else "") + "\n")
+    for src, lost in sorted(cap.lost.items()):
+        if src not in cap.events and lost:
+            err.write(f"  {src:<8} LOST {lost}\n")
+    for note in cap.notices:
+        err.write(f"  note: {note}\n")
+    err.write(f"  trace:   {cap.trace} ({size / 1e6:.1f} MB) — open in ui.perfetto.dev\n")
+    err.write(f"  summary: {cap.summary_path}\n")
+
+
+# -- commands ----------------------------------------------------------------
+
+def cmd_attach(args) -> int:
+    pid = args.pid
+    if not procfs.alive(pid):
+        raise CliError(f"no running process with PID {pid} (check `ps -ef`, or start the "
+                       "job under gpuscope with `gpuscope run -- CMD`)", EXIT_USAGE)
+    check_privileges()
+    cap = capture(args, pid)
+    if cap is not None and cap.reason == "target exited" and cap.duration_s < 1.0:
+        raise CliError(f"process {pid} exited while gpuscope was attaching; "
+                       f"what was captured is in {cap.trace}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not cmd:
+        raise CliError("nothing to run: gpuscope run [-o FILE] -- CMD ARGS...", EXIT_USAGE)
+    check_privileges()
+    if args.output:
+        check_output(args.output)
+    if shutil.which(cmd[0]) is None:
+        raise CliError(f"cannot run {cmd[0]}: command not found", EXIT_USAGE)
+    # The child waits on a pipe until the probes are live, then execs CMD (same
+    # PID), so the capture sees the job from its first instruction.
+    r, w = os.pipe()
+    child = subprocess.Popen([sys.executable, "-c", _HOLD, str(r), *cmd], pass_fds=(r,))
+    os.close(r)
+
+    def release(_session):
+        os.write(w, b"x")
+        os.close(w)
+
+    try:
+        capture(args, child.pid, on_attached=release, command=cmd)
+    finally:
+        try:
+            os.close(w)
+        except OSError:
+            pass
+        rc = child.wait()  # the job outlives a --duration capture; wait for it as a shell would
+    return rc if rc >= 0 else 128 - rc
+
+
+def cmd_doctor(args) -> int:
+    from .doctor import run_doctor
+
+    return run_doctor(args.pid)
+
+
+def add_capture_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", help="trace file (.pftrace); default gpuscope-PID-TIME.pftrace")
+    p.add_argument("-d", "--duration", type=float, help="seconds to capture (default: until "
+                   "Ctrl-C or the target exits)")
+    p.add_argument("--subprocesses", action=argparse.BooleanOptionalAction, default=True,
+                   help="follow child processes: DataLoader workers, ranks (default on)")
+    p.add_argument("--sched", action=argparse.BooleanOptionalAction, default=True,
+                   help="trace off-CPU waits (default on)")
+    p.add_argument("--min-offcpu-us", type=int, default=50,
+                   help="shortest off-CPU wait to record, µs (default 50)")
+    p.add_argument("--ebpf", action="store_true", help="print the eBPF program and exit")
+    p.add_argument("-q", "--quiet", action="store_true", help="no live status line")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="gpuscope", description="Live eBPF profiler for GPU "
+                                 "training jobs: attach by PID, get a Perfetto timeline.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("attach", help="attach to a running process")
+    p.add_argument("-p", "--pid", type=int, required=True)
+    add_capture_flags(p)
+    p.set_defaults(func=cmd_attach)
+    p = sub.add_parser("run", help="run a command under gpuscope")
+    add_capture_flags(p)
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("doctor", help="check that this machine can capture")
+    p.add_argument("-p", "--pid", type=int, help="also check this target process")
+    p.set_defaults(func=cmd_doctor)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CliError as e:
+        sys.stderr.write(f"gpuscope: {e}\n")
+        return e.code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Lays events out on Perfetto tracks: a process track per process, a thread
+track per thread lifetime, a child track per category under each thread,
+counter tracks, and gpuscope's own tracks (losses, verdict)."""
+
+from __future__ import annotations
+
+from gpuscope.probes.events import (
+    Event, Instant, Loss, Span, StackSample, ThreadName, CounterSample,
+)
+
+from .perfetto import TraceWriter
+
+# Order of per-thread child tracks in the UI.
+CATEGORY_RANK = {"python": 1, "cuda": 2, "nccl": 3, "io": 4, "sched": 5}
+CATEGORY_TITLE = {"python": "Python", "cuda": "CUDA", "nccl": "NCCL", "io": "IO",
+                  "sched": "Off-CPU"}
+
+
+class Timeline:
+    def __init__(self, writer: TraceWriter):
+        self.w = writer
+        self.processes: dict[int, int] = {}                 # pid -> uuid
+        self.process_names: dict[int, str] = {}
+        self.threads: dict[int, tuple[int, int]] = {}        # tid -> (pid, uuid) current lifetime
+        self.thread_names: dict[int, str] = {}
+        self.children: dict[tuple[int, str], int] = {}      # (thread uuid, cat) -> uuid
+        self.counters: dict[tuple[int, str], int] = {}      # (pid, name) -> uuid
+        self.globals: dict[str, int] = {}
+        self.lost: dict[str, int] = {}
+        self.stack_sink = None  # set by the Python-track builder (issue: sampler)
+
+    # -- tracks ------------------------------------------------------------
+    def process(self, pid: int) -> int:
+        u = self.processes.get(pid)
+        if u is None:
+            u = self.processes[pid] = self.w.new_uuid()
+            self.w.process_track(u, pid, self.process_names.get(pid, f"pid {pid}"))
+        return u
+
+    def thread(self, pid: int, tid: int) -> int:
+        cur = self.threads.get(tid)
+        if cur is not None and cur[0] == pid:
+            return cur[1]
+        self.process(pid)
+        u = self.w.new_uuid()
+        self.threads[tid] = (pid, u)
+        self.w.thread_track(u, pid, tid, self.thread_names.get(tid, f"tid {tid}"))
+        return u
+
+    def child(self, pid: int, tid: int, cat: str) -> int:
+        parent = self.thread(pid, tid)
+        u = self.children.get((parent, cat))
+        if u is None:
+            u = self.children[(parent, cat)] = self.w.new_uuid()
+            self.w.child_track(u, parent, CATEGORY_TITLE.get(cat, cat), CATEGORY_RANK.get(cat, 9))
+        return u
+
+    def counter_track(self, pid: int, name: str, unit: str) -> int:
+        u = self.counters.get((pid, name))
+        if u is None:
+            u = self.counters[(pid, name)] = self.w.new_uuid()
+            self.w.counter_track(u, name, unit, self.process(pid) if pid else 0)
+        return u
+
+    def global_track(self, name: str) -> int:
+        u = self.globals.get(name)
+        if u is None:
+            u = self.globals[name] = self.w.new_uuid()
+            self.w.named_track(u, name)
+        return u
+
+    # -- events ------------------------------------------------------------
+    def add(self, ev: Event) -> None:
+        t = type(ev)
+        if t is Span:
+            track = self.child(ev.pid, ev.tid, ev.cat)
+            self.w.begin(track, ev.start, ev.name, ev.args)
+            self.w.end(track, ev.end)
+        elif t is Instant:
+            if ev.pid == 0:
+                track = self.global_track(ev.cat)
+            elif ev.tid == 0:
+                track = self.process(ev.pid)
+            else:
+                track = self.thread(ev.pid, ev.tid)
+            self.w.instant(track, ev.ts, ev.name, ev.args)
+            if ev.name == "exit" and ev.tid:
+                self.threads.pop(ev.tid, None)  # a reused tid gets a new track
+        elif t is CounterSample:
+            self.w.counter(self.counter_track(ev.pid, ev.track, ev.unit), ev.ts, ev.value)
+        elif t is ThreadName:
+            self._rename(ev)
+        elif t is Loss:
+            total = self.lost[ev.source] = self.lost.get(ev.source, 0) + ev.count
+            track = self.counters.get((0, f"lost events: {ev.source}"))
+            if track is None:
+                track = self.counter_track(0, f"lost events: {ev.source}", "count")
+            self.w.counter(track, ev.ts, total)
+        elif t is StackSample:
+            if self.stack_sink is not None:
+                self.stack_sink(ev)
+
+    def _rename(self, ev: ThreadName) -> None:
+        if ev.is_process:
+            self.process_names[ev.pid] = ev.name
+            u = self.processes.get(ev.pid)
+            if u is None:
+                self.process(ev.pid)
+            else:
+                self.w.process_track(u, ev.pid, ev.name)
+            if ev.tid != ev.pid:
+                return
+        self.thread_names[ev.tid] = ev.name
+        cur = self.threads.get(ev.tid)
+        if cur is not None and cur[0] == ev.pid:
+            self.w.thread_track(cur[1], ev.pid, ev.tid, ev.name)
+        else:
+            self.thread(ev.pid, ev.tid)

@@ -1,0 +1,103 @@
+"""IO syscall probe: what the target tree reads, writes, opens and maps,
+with paths, bytes and latency. Keeps each process's fd -> path table from
+openat's own results (seeded from /proc), because the kernel structs that
+hold it cannot be read safely here."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from . import procfs
+from .events import IO, Event, Span
+from .kernel import Probe, tracepoint_exists
+
+# Kind numbers from io.h -> syscall names.
+IO_KINDS = {1: "openat", 2: "read", 3: "pread64", 4: "readv", 5: "preadv", 6: "write",
+            7: "pwrite64", 8: "writev", 9: "close", 10: "mmap", 11: "statx",
+            12: "newfstatat", 13: "getdents64", 14: "dup", 15: "preadv2", 16: "openat2"}
+_OPENS = {1, 16}
+_PATH_KINDS = {1, 11, 12, 16}
+_BYTES_KINDS = {2, 3, 4, 5, 6, 7, 8, 15}  # ret is a byte count
+AT_FDCWD = -100
+
+
+class IoProbe(Probe):
+    name = "io"
+    bpf_file = "io.bpf.c"
+    ring = "io_events"
+    drop_slot = 0  # DROP_IO
+
+    def __init__(self):
+        self.table = None
+        self.fds: dict[int, dict[int, str]] = {}
+
+    def cflags(self) -> list[str]:
+        return ["-DHAVE_OPENAT2"] if tracepoint_exists("syscalls", "sys_enter_openat2") else []
+
+    def attach(self, bpf) -> None:
+        self.table = bpf[self.ring]
+
+    def initial_events(self, pids: list[int], out: list[Event]) -> None:
+        for pid in pids:
+            self._table(pid)
+
+    # -- fd table ----------------------------------------------------------
+    def _table(self, pid: int) -> dict[int, str]:
+        t = self.fds.get(pid)
+        if t is None:
+            t = self.fds[pid] = procfs.fd_table(pid)
+        return t
+
+    def on_fork(self, pid: int, ppid: int) -> None:
+        self.fds[pid] = dict(self._table(ppid))
+
+    def on_exit(self, pid: int) -> None:
+        self.fds.pop(pid, None)
+
+    def path_of(self, pid: int, fd: int) -> str | None:
+        t = self._table(pid)
+        path = t.get(fd)
+        if path is None:
+            path = procfs.fd_path(pid, fd)
+            if path is not None:
+                t[fd] = path
+        return path
+
+    def _resolve(self, pid: int, dirfd: int, path: str) -> str:
+        if not path or path.startswith("/"):
+            return path
+        base = procfs.cwd(pid) if dirfd == AT_FDCWD else self.path_of(pid, dirfd)
+        return os.path.normpath(os.path.join(base, path)) if base else path
+
+    # -- decode ------------------------------------------------------------
+    def decode(self, raw, size: int, out: list[Event]) -> None:
+        e = self.table.event(raw)
+        kind, pid, ret, fd = e.kind, e.pid, e.ret, e.fd
+        args: dict = {}
+        if kind in _PATH_KINDS:
+            path = self._resolve(pid, fd, bytes(e.path).split(b"\0", 1)[0].decode("utf-8", "replace"))
+            args["path"] = path
+            if kind in _OPENS and ret >= 0:
+                self._table(pid)[ret] = path
+                args["fd"] = ret
+        else:
+            args["fd"] = fd
+            path = self.path_of(pid, fd)
+            if path is not None:
+                args["path"] = path
+            if kind == 9:  # close
+                self._table(pid).pop(fd, None)
+            elif kind == 14 and ret >= 0 and path is not None:  # dup*
+                self._table(pid)[ret] = path
+        if kind in _BYTES_KINDS:
+            if ret >= 0:
+                args["bytes"] = ret
+            args["requested"] = e.count
+        elif kind == 10:  # mmap
+            args["length"] = e.count
+        if e.offset >= 0 and kind in (3, 5, 7, 10, 15):
+            args["offset"] = e.offset
+        if ret < 0:
+            args["error"] = errno.errorcode.get(-ret, str(-ret))
+        out.append(Span(IO, IO_KINDS.get(kind, f"io{kind}"), pid, e.tid, e.start, e.end, args))

@@ -1,0 +1,218 @@
+"""Loads gpuscope's eBPF programs with BCC and turns their ring buffers into events.
+
+All enabled probes are compiled as one unit around tracked.h, so they share
+the map of tracked processes (filtering happens in the kernel) and the loss
+counters. Each probe is a `<name>.bpf.c` + `<name>.h` beside a `<name>.py`
+that attaches and decodes it.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import errno
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from .events import Event, Loss
+from .source import Source, SourceError
+
+HERE = Path(__file__).resolve().parent
+
+
+class Probe:
+    """One eBPF program file and the Python side that attaches and decodes it."""
+
+    name = "probe"
+    bpf_file = ""
+    ring = ""           # ring buffer map name
+    drop_slot = -1      # index into the shared loss counters (tracked.h)
+
+    def cflags(self) -> list[str]:
+        return []
+
+    def attach(self, bpf) -> None:
+        """Attach what BCC does not attach by itself (uprobes). Tracepoints auto-attach."""
+
+    def initial_events(self, pids: list[int], out: list[Event]) -> None:
+        """Events describing the state at attach time (threads, open files)."""
+
+    def decode(self, raw: ct.c_void_p, size: int, out: list[Event]) -> None:
+        raise NotImplementedError
+
+    def tick(self, bpf, out: list[Event]) -> None:
+        """Periodic work, about twice a second (e.g. find newly mapped libraries)."""
+
+    def on_fork(self, pid: int, ppid: int) -> None:
+        """A tracked process forked (called before any of the child's events)."""
+
+    def on_exit(self, pid: int) -> None:
+        """A tracked process exited."""
+
+    def notices(self) -> list[str]:
+        return []
+
+
+def bcc_module():
+    try:
+        import bcc  # Debian's python3-bpfcc, linked into the venv by scripts/setup.sh
+    except ImportError as e:
+        raise SourceError(
+            "BCC's Python module is missing: apt-get install python3-bpfcc "
+            "(then run `make` again so .venv can see it)") from e
+    return bcc
+
+
+def tracepoint_exists(category: str, event: str) -> bool:
+    for root in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+        if os.path.exists(f"{root}/events/{category}/{event}"):
+            return True
+    return False
+
+
+def advice_for(err: BaseException) -> str:
+    if isinstance(err, PermissionError) or getattr(err, "errno", None) in (errno.EPERM, errno.EACCES):
+        return ("permission denied loading eBPF programs: run as root, or grant "
+                "CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE")
+    text = str(err)
+    if "kernel headers" in text or "kconfig.h" in text:
+        return ("BCC cannot find kernel headers: apt-get install linux-headers-$(uname -r) "
+                "(or run scripts/setup.sh, which links the nearest Debian headers)")
+    return f"could not load eBPF programs: {text}"
+
+
+class KernelProbes(Source):
+    """The eBPF source: one BCC module, several probes, one poll loop."""
+
+    name = "ebpf"
+
+    def __init__(self, probes: Iterable[Probe], extra_cflags: Iterable[str] = ()):
+        self.probes = list(probes)
+        self.extra_cflags = list(extra_cflags)
+        self.bpf = None
+        self._out: list[Event] = []
+        self._events = {p.name: 0 for p in self.probes}
+        self._kdrops = {p.name: 0 for p in self.probes}    # counted by the kernel
+        self._decode_errors = {p.name: 0 for p in self.probes}
+        self._last_tick = 0.0
+        self._cbs = []  # keep ctypes callbacks alive
+
+    # -- program text ------------------------------------------------------
+    def program_text(self) -> str:
+        """The probes' files joined in one unit. Joined, not #included: BCC
+        generates tracepoint argument structs only for the main file."""
+        parts = [f'// ---- {name} ----\n#line 1 "{name}"\n' + (HERE / name).read_text()
+                 for name in ["tracked.h"] + [p.bpf_file for p in self.probes]]
+        return "\n".join(parts)
+
+    def cflags(self) -> list[str]:
+        flags = [f"-I{HERE}", "-Wno-macro-redefined", "-Wno-unused-function"]
+        for p in self.probes:
+            flags += p.cflags()
+        return flags + self.extra_cflags
+
+    def expanded_source(self) -> str:
+        """The whole program as compiled, for `--ebpf`."""
+        return f"// cflags: {' '.join(self.cflags())}\n" + self.program_text()
+
+    # -- lifecycle ---------------------------------------------------------
+    def start(self, pids: Iterable[int]) -> None:
+        bcc = bcc_module()
+        try:
+            self.bpf = bcc.BPF(text=self.program_text(), cflags=self.cflags())
+        except Exception as e:  # BCC raises bare Exception on compile/load errors
+            raise SourceError(advice_for(e)) from e
+        pids = list(pids)
+        for pid in pids:
+            self.add_process(pid)
+        try:
+            for p in sorted(self.probes, key=lambda p: p.name != "proc"):
+                p.attach(self.bpf)
+                if p.ring:
+                    self._open_ring(p)
+        except Exception as e:
+            self.stop()
+            raise SourceError(advice_for(e)) from e
+        for p in self.probes:
+            p.initial_events(pids, self._out)
+
+    def _open_ring(self, probe: Probe) -> None:
+        def cb(_ctx, data, size, probe=probe):
+            self._events[probe.name] += 1
+            try:
+                probe.decode(data, size, self._out)
+            except Exception as e:  # a bad record must not end the capture
+                self._decode_errors[probe.name] += 1
+                self._out.append(Loss(probe.name, time.monotonic_ns(), 1, f"decode: {e}"))
+            return 0
+
+        self.bpf[probe.ring].open_ring_buffer(cb)
+
+    def add_process(self, pid: int) -> None:
+        if self.bpf is not None:
+            self.bpf["tracked"][ct.c_uint32(pid)] = ct.c_uint32(1)
+
+    def remove_process(self, pid: int) -> None:
+        if self.bpf is None:
+            return
+        try:
+            del self.bpf["tracked"][ct.c_uint32(pid)]
+        except KeyError:
+            pass
+
+    def tracked(self) -> list[int]:
+        if self.bpf is None:
+            return []
+        return sorted(k.value for k in self.bpf["tracked"].keys())
+
+    def poll(self, timeout_s: float) -> list[Event]:
+        if self.bpf is None:
+            time.sleep(timeout_s)
+            return []
+        self.bpf.ring_buffer_poll(max(1, int(timeout_s * 1000)))
+        now = time.monotonic()
+        if now - self._last_tick >= 0.5:
+            self._last_tick = now
+            for p in self.probes:
+                p.tick(self.bpf, self._out)
+            self._collect_drops()
+        out, self._out = self._out, []
+        return out
+
+    def _collect_drops(self) -> None:
+        counts = self.bpf["drops"]
+        for p in self.probes:
+            if p.drop_slot < 0:
+                continue
+            total = sum(counts[ct.c_int(p.drop_slot)])
+            new = total - self._kdrops[p.name]
+            if new > 0:
+                self._kdrops[p.name] = total
+                self._out.append(Loss(p.name, time.monotonic_ns(), new, "ring buffer full"))
+
+    def drain(self) -> list[Event]:
+        """Everything still buffered, after the last poll (on stop)."""
+        if self.bpf is None:
+            return []
+        self.bpf.ring_buffer_consume()
+        self._collect_drops()
+        out, self._out = self._out, []
+        return out
+
+    def stop(self) -> None:
+        if self.bpf is not None:
+            bpf, self.bpf = self.bpf, None
+            bpf.cleanup()
+
+    def stats(self) -> dict[str, int]:
+        lost = {k: self._kdrops[k] + self._decode_errors[k] for k in self._events}
+        return {
+            "events": sum(self._events.values()),
+            "lost": sum(lost.values()),
+            **{f"{k}.events": v for k, v in self._events.items()},
+            **{f"{k}.lost": v for k, v in lost.items()},
+        }
+
+    def notices(self) -> list[str]:
+        return [n for p in self.probes for n in p.notices()]

@@ -1,0 +1,64 @@
+// Off-CPU intervals of tracked threads: blocked (sleeping, waiting on IO,
+// a futex, a pipe) or preempted (runnable but not running), with the waker.
+// Filtered in the kernel: only intervals of tracked threads at least
+// MIN_OFFCPU_NS long reach user space.
+#include "sched.h"
+
+#ifndef SCHED_RING_PAGES
+#define SCHED_RING_PAGES 256
+#endif
+// prev_state as the sched_switch tracepoint reports it.
+#define STATE_EXIT_MASK 0x30   // EXIT_DEAD | EXIT_ZOMBIE: the final switch-out
+#ifndef MIN_OFFCPU_NS
+#define MIN_OFFCPU_NS 50000
+#endif
+
+BPF_RINGBUF_OUTPUT(sched_events, SCHED_RING_PAGES);
+// tid -> the interval being built while the thread is off CPU.
+BPF_HASH(offcpu, u32, struct offcpu_event, 16384);
+
+TRACEPOINT_PROBE(sched, sched_switch)
+{
+    u64 now = bpf_ktime_get_ns();
+    // prev is the current task: its tgid comes from the helper.
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+    u32 prev = args->prev_pid;
+    if (prev != 0 && !(args->prev_state & STATE_EXIT_MASK) && is_tracked(tgid)) {
+        struct offcpu_event s = {};
+        s.start = now;
+        s.pid = tgid;
+        s.tid = prev;
+        s.state = args->prev_state;
+        offcpu.update(&prev, &s);
+    }
+    u32 next = args->next_pid;
+    struct offcpu_event *e = offcpu.lookup(&next);
+    if (e) {
+        if (now - e->start >= MIN_OFFCPU_NS) {
+            e->end = now;
+            if (sched_events.ringbuf_output(e, sizeof(*e), 0) != 0)
+                count_drop(DROP_SCHED);
+        }
+        offcpu.delete(&next);
+    }
+    return 0;
+}
+
+static __always_inline int note_wakeup(u32 tid)
+{
+    struct offcpu_event *e = offcpu.lookup(&tid);
+    if (!e || e->wakeup)
+        return 0;
+    u64 id = bpf_get_current_pid_tgid();
+    e->wakeup = bpf_ktime_get_ns();
+    e->waker_pid = id >> 32;
+    e->waker_tid = (u32)id;
+    bpf_get_current_comm(e->waker_comm, sizeof(e->waker_comm));
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_wakeup)
+{
+    return note_wakeup(args->pid);
+}

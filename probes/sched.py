@@ -1,0 +1,46 @@
+"""Scheduling probe: off-CPU intervals of tracked threads, and why."""
+
+from __future__ import annotations
+
+from .events import SCHED, Event, Span
+from .kernel import Probe
+
+# prev_state as sched_switch reports it (TASK_REPORT bits; 0x100 = preempted).
+_STATES = {0: "runnable", 1: "sleeping", 2: "disk", 4: "stopped", 8: "traced",
+           0x40: "parked", 0x80: "idle", 0x100: "preempted"}
+
+
+def classify(state: int) -> tuple[str, str]:
+    """(name, state) of an off-CPU interval: blocked waits vs preemption."""
+    label = _STATES.get(state, hex(state))
+    if state in (0, 0x100):
+        return "preempted", label
+    return "blocked", label
+
+
+class SchedProbe(Probe):
+    name = "sched"
+    bpf_file = "sched.bpf.c"
+    ring = "sched_events"
+    drop_slot = 1  # DROP_SCHED
+
+    def __init__(self, min_offcpu_us: int = 50):
+        self.min_offcpu_us = min_offcpu_us
+        self.table = None
+
+    def cflags(self) -> list[str]:
+        return [f"-DMIN_OFFCPU_NS={int(self.min_offcpu_us * 1000)}"]
+
+    def attach(self, bpf) -> None:
+        self.table = bpf[self.ring]
+
+    def decode(self, raw, size: int, out: list[Event]) -> None:
+        e = self.table.event(raw)
+        name, state = classify(e.state)
+        args = {"state": state}
+        if e.wakeup:
+            args["waker_pid"] = e.waker_pid
+            args["waker_tid"] = e.waker_tid
+            args["waker"] = bytes(e.waker_comm).split(b"\0", 1)[0].decode("utf-8", "replace")
+            args["runq_delay_us"] = round((e.end - e.wakeup) / 1000, 1)
+        out.append(Span(SCHED, name, e.pid, e.tid, e.start, e.end, args))
