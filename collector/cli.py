@@ -79,8 +79,18 @@ def capture(args, pid: int, on_attached=None, command=None):
                       subprocesses=args.subprocesses,
                       status=None if args.quiet else StatusLine(), command=command)
     session.install_signal_handlers()
+
+    def attached(s):
+        if s.stop_reason:
+            return
+        sys.stderr.write(f"gpuscope: attached to PID {pid} ({len(s.processes)} process(es)) in "
+                         f"{s.attach_s:.1f}s; writing {output}; Ctrl-C to stop\n")
+        sys.stderr.flush()
+        if on_attached:
+            on_attached(s)
+
     try:
-        cap = session.run(on_attached=on_attached)
+        cap = session.run(on_attached=attached)
     except SourceError as e:
         if os.path.exists(output) and os.path.getsize(output) <= 200:
             os.unlink(output)  # nothing but the clock snapshot
@@ -115,7 +125,7 @@ def cmd_attach(args) -> int:
                        "job under gpuscope with `gpuscope run -- CMD`)", EXIT_USAGE)
     check_privileges()
     cap = capture(args, pid)
-    if cap is not None and cap.reason == "target exited" and cap.duration_s < 1.0:
+    if cap is not None and cap.reason == "target exited during attach":
         raise CliError(f"process {pid} exited while gpuscope was attaching; "
                        f"what was captured is in {cap.trace}")
     return 0

@@ -116,6 +116,9 @@ class TraceWriter:
             head += f_varint(PKT["sequence_flags"], SEQ_NEEDS)
         self.buf += frame(bytes(head) + body)
         self.packets += 1
+
+    def maybe_flush(self) -> None:
+        """Called between events, so a slice's BEGIN and END land together."""
         if len(self.buf) >= self.flush_bytes:
             self.flush()
 

@@ -4,6 +4,7 @@ duration, signal or target exit, always finishing the trace and summary."""
 
 from __future__ import annotations
 
+import bisect
 import operator
 import os
 import queue
@@ -110,6 +111,8 @@ class Session:
             for pid in procfs.descendants(self.pid):
                 if pid not in self.processes:
                     self._add_process(pid)
+        if not procfs.alive(self.pid):
+            self.request_stop("target exited during attach")
         for src in self._started:
             t = threading.Thread(target=self._pump, args=(src,), name=f"gpuscope-{src.name}",
                                  daemon=True)
@@ -174,16 +177,8 @@ class Session:
         if not self._pending:
             return
         self._pending.sort(key=_ts)
-        if upto is None:
-            ready, self._pending = self._pending, []
-        else:
-            cut = 0
-            for cut, ev in enumerate(self._pending):
-                if _ts(ev) > upto:
-                    break
-            else:
-                cut = len(self._pending)
-            ready, self._pending = self._pending[:cut], self._pending[cut:]
+        cut = len(self._pending) if upto is None else bisect.bisect_right(self._pending, upto, key=_ts)
+        ready, self._pending = self._pending[:cut], self._pending[cut:]
         for ev in ready:
             timeline.add(ev)
             k = getattr(ev, "cat", None) or type(ev).__name__.lower()

@@ -5,7 +5,13 @@ counter tracks, and gpuscope's own tracks (losses, verdict)."""
 from __future__ import annotations
 
 from gpuscope.probes.events import (
-    Event, Instant, Loss, Span, StackSample, ThreadName, CounterSample,
+    CounterSample,
+    Event,
+    Instant,
+    Loss,
+    Span,
+    StackSample,
+    ThreadName,
 )
 
 from .perfetto import TraceWriter
@@ -99,6 +105,7 @@ class Timeline:
         elif t is StackSample:
             if self.stack_sink is not None:
                 self.stack_sink(ev)
+        self.w.maybe_flush()
 
     def _rename(self, ev: ThreadName) -> None:
         if ev.is_process:

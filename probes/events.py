@@ -8,7 +8,7 @@ conversion. PIDs are kernel PIDs (tgid) and TIDs are kernel TIDs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 # Categories: one per-thread child track each on the timeline.
 IO = "io"
@@ -104,4 +104,4 @@ class Loss:
     reason: str = "buffer full"
 
 
-Event = Union[Span, Instant, CounterSample, StackSample, ThreadName, Loss]
+Event = Span | Instant | CounterSample | StackSample | ThreadName | Loss
