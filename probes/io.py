@@ -65,7 +65,9 @@ class IoProbe(Probe):
         return path
 
     def _resolve(self, pid: int, dirfd: int, path: str) -> str:
-        if not path or path.startswith("/"):
+        if not path:  # fstat(fd) is newfstatat(fd, "", AT_EMPTY_PATH)
+            return self.path_of(pid, dirfd) or ""
+        if path.startswith("/"):
             return path
         base = procfs.cwd(pid) if dirfd == AT_FDCWD else self.path_of(pid, dirfd)
         return os.path.normpath(os.path.join(base, path)) if base else path
