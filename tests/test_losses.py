@@ -1,0 +1,51 @@
+"""Losses are counted in the kernel and shown: in the trace, the summary and
+the end-of-capture report. Forced with a one-page ring buffer and a flood."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from gpuscope.collector.session import Session
+from gpuscope.probes.io import IoProbe
+from gpuscope.probes.kernel import KernelProbes
+from gpuscope.probes.proc import ProcProbe
+
+import tracecheck
+from conftest import GPUSCOPE
+
+FLOOD = ("import os, sys\nfd = os.open('/dev/zero', os.O_RDONLY)\nsys.stdin.readline()\n"
+         "for _ in range(300000): os.read(fd, 1)\n")
+
+
+def test_ring_buffer_overflow_is_counted_and_shown(tmp_path):
+    target = subprocess.Popen([sys.executable, "-c", FLOOD], stdin=subprocess.PIPE, text=True)
+    out = str(tmp_path / "loss.pftrace")
+    proc, io = ProcProbe(), IoProbe()
+    proc.listeners.append(io)
+    src = KernelProbes([proc, io], extra_cflags=["-DIO_RING_PAGES=1"])
+
+    def go(_session):
+        target.stdin.write("go\n")
+        target.stdin.flush()
+
+    try:
+        cap = Session(target.pid, [src], out).run(on_attached=go)
+    finally:
+        target.kill()
+        target.wait()
+    lost = cap.lost["io"]
+    assert lost > 0, "a 4 KiB ring buffer cannot hold a 300k-read flood"
+    assert cap.events["io"] + lost >= 300_000  # every read either delivered or counted
+    summary = json.loads(open(cap.summary_path).read())
+    assert summary["lost"]["io"] == lost
+    counter = tracecheck.load(out).counter_named("lost events: io")
+    assert counter and counter[-1][1] == lost
+
+
+def test_ebpf_flag_prints_the_program_and_loads_nothing():
+    p = subprocess.run(GPUSCOPE + ["attach", "-p", "1", "--ebpf"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "TRACEPOINT_PROBE(syscalls, sys_enter_openat)" in p.stdout
+    assert "BPF_HASH(tracked" in p.stdout and "-DMIN_OFFCPU_NS=50000" in p.stdout
