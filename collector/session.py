@@ -14,10 +14,11 @@ import time
 from dataclasses import dataclass, field
 
 from gpuscope.probes import procfs
-from gpuscope.probes.events import Event, Instant, Loss
+from gpuscope.probes.events import Event, Instant, Loss, Span, StackSample
 from gpuscope.probes.source import Source, SourceError
 
 from .perfetto import TraceWriter
+from .pystacks import Attribution
 from .status import StatusLine
 from .summary import write_summary
 from .timeline import Timeline
@@ -61,6 +62,7 @@ class Session:
         self.processes: set[int] = set()
         self.notices: list[str] = []
         self.counts: dict[str, int] = {}
+        self.attribution = Attribution()
 
     # -- control -----------------------------------------------------------
     def request_stop(self, reason: str) -> None:
@@ -165,7 +167,9 @@ class Session:
 
     def _ingest(self, batch: list[Event]) -> None:
         for ev in batch:
-            if type(ev) is Instant and ev.cat == "proc":
+            if type(ev) is StackSample:
+                self.attribution.remember(ev)
+            elif type(ev) is Instant and ev.cat == "proc":
                 if ev.name == "fork" and self.subprocesses:
                     self._add_process(ev.args["child"])
                 elif ev.name == "exit" and ev.args.get("process"):
@@ -179,7 +183,10 @@ class Session:
         self._pending.sort(key=_ts)
         cut = len(self._pending) if upto is None else bisect.bisect_right(self._pending, upto, key=_ts)
         ready, self._pending = self._pending[:cut], self._pending[cut:]
+        attribution = self.attribution
         for ev in ready:
+            if type(ev) is Span and ev.tid in attribution.hist:
+                attribution.annotate(ev)
             timeline.add(ev)
             k = getattr(ev, "cat", None) or type(ev).__name__.lower()
             self.counts[k] = self.counts.get(k, 0) + 1
@@ -202,6 +209,7 @@ class Session:
                 self.notices.append(f"{src.name}: detach failed: {e}")
         self._take(timeout=0)
         self._write(timeline, None)
+        timeline.close()
         writer.close()
         if self.status:
             self.status.done()

@@ -15,6 +15,7 @@ from gpuscope.probes.events import (
 )
 
 from .perfetto import TraceWriter
+from .pystacks import PythonTracks
 
 # Order of per-thread child tracks in the UI.
 CATEGORY_RANK = {"python": 1, "cuda": 2, "nccl": 3, "io": 4, "sched": 5}
@@ -33,7 +34,7 @@ class Timeline:
         self.counters: dict[tuple[int, str], int] = {}      # (pid, name) -> uuid
         self.globals: dict[str, int] = {}
         self.lost: dict[str, int] = {}
-        self.stack_sink = None  # set by the Python-track builder (issue: sampler)
+        self.python = PythonTracks(self)
 
     # -- tracks ------------------------------------------------------------
     def process(self, pid: int) -> int:
@@ -91,6 +92,7 @@ class Timeline:
                 track = self.thread(ev.pid, ev.tid)
             self.w.instant(track, ev.ts, ev.name, ev.args)
             if ev.name == "exit" and ev.tid:
+                self.python.thread_exited(ev.tid, ev.ts)
                 self.threads.pop(ev.tid, None)  # a reused tid gets a new track
         elif t is CounterSample:
             self.w.counter(self.counter_track(ev.pid, ev.track, ev.unit), ev.ts, ev.value)
@@ -103,9 +105,12 @@ class Timeline:
                 track = self.counter_track(0, f"lost events: {ev.source}", "count")
             self.w.counter(track, ev.ts, total)
         elif t is StackSample:
-            if self.stack_sink is not None:
-                self.stack_sink(ev)
+            self.python.add(ev)
         self.w.maybe_flush()
+
+    def close(self) -> None:
+        """Ends what is still open (Python frames) at its last sample."""
+        self.python.close()
 
     def _rename(self, ev: ThreadName) -> None:
         if ev.is_process:
