@@ -12,7 +12,8 @@
 BPF_RINGBUF_OUTPUT(io_events, IO_RING_PAGES);
 BPF_HASH(io_inflight, u32, struct io_inflight, 16384);
 
-static __always_inline int io_enter(u32 kind, s64 fd, u64 count, s64 offset, const char *path)
+static __always_inline int io_enter_fds(u32 kind, s64 fd, u64 count, s64 offset,
+                                        const char *path, const int *fdpair)
 {
     u64 id = bpf_get_current_pid_tgid();
     if (!is_tracked(id >> 32))
@@ -25,8 +26,14 @@ static __always_inline int io_enter(u32 kind, s64 fd, u64 count, s64 offset, con
     f.count = count;
     f.offset = offset;
     f.path = path;
+    f.fdpair = fdpair;
     io_inflight.update(&tid, &f);
     return 0;
+}
+
+static __always_inline int io_enter(u32 kind, s64 fd, u64 count, s64 offset, const char *path)
+{
+    return io_enter_fds(kind, fd, count, offset, path, 0);
 }
 
 static __always_inline int io_exit(u32 kind, s64 ret)
@@ -50,6 +57,12 @@ static __always_inline int io_exit(u32 kind, s64 ret)
     e.ret = ret;
     e.count = f->count;
     e.offset = f->offset;
+    if (f->fdpair && ret == 0) {
+        int pair[2] = {-1, -1};
+        bpf_probe_read_user(pair, sizeof(pair), f->fdpair);
+        e.count = pair[0];
+        e.offset = pair[1];
+    }
     u32 size = offsetof(struct io_event, path);
     if (f->path) {
         bpf_probe_read_user_str(e.path, sizeof(e.path), f->path);
@@ -142,3 +155,31 @@ IO_EXIT(dup2, IO_DUP)
 TRACEPOINT_PROBE(syscalls, sys_enter_dup3)
 { return io_enter(IO_DUP, args->oldfd, 0, -1, 0); }
 IO_EXIT(dup3, IO_DUP)
+
+TRACEPOINT_PROBE(syscalls, sys_enter_pipe2)
+{ return io_enter_fds(IO_PIPE2, -1, 0, -1, 0, args->fildes); }
+IO_EXIT(pipe2, IO_PIPE2)
+
+TRACEPOINT_PROBE(syscalls, sys_enter_socketpair)
+{ return io_enter_fds(IO_SOCKETPAIR, -1, 0, -1, 0, args->usockvec); }
+IO_EXIT(socketpair, IO_SOCKETPAIR)
+
+TRACEPOINT_PROBE(syscalls, sys_enter_socket)
+{ return io_enter(IO_SOCKET, -1, 0, -1, 0); }
+IO_EXIT(socket, IO_SOCKET)
+
+TRACEPOINT_PROBE(syscalls, sys_enter_accept4)
+{ return io_enter(IO_SOCKET, args->fd, 0, -1, 0); }
+IO_EXIT(accept4, IO_SOCKET)
+
+TRACEPOINT_PROBE(syscalls, sys_enter_accept)
+{ return io_enter(IO_SOCKET, args->fd, 0, -1, 0); }
+IO_EXIT(accept, IO_SOCKET)
+
+TRACEPOINT_PROBE(syscalls, sys_enter_eventfd2)
+{ return io_enter(IO_EVENTFD, -1, 0, -1, 0); }
+IO_EXIT(eventfd2, IO_EVENTFD)
+
+TRACEPOINT_PROBE(syscalls, sys_enter_memfd_create)
+{ return io_enter(IO_MEMFD, -1, 0, -1, args->uname); }
+IO_EXIT(memfd_create, IO_MEMFD)

@@ -19,6 +19,13 @@
 #define IO_DUP 14
 #define IO_PREADV2 15
 #define IO_OPENAT2 16
+// Syscalls that create fds without a path; traced so every fd is named from
+// its creation (a guess from /proc at decode time could name a later file).
+#define IO_PIPE2 17       // count, offset = the two fds
+#define IO_SOCKET 18      // socket, accept, accept4: ret = the fd
+#define IO_SOCKETPAIR 19  // count, offset = the two fds
+#define IO_EVENTFD 20
+#define IO_MEMFD 21       // path = the memfd's name
 
 #define IO_PATH_LEN 256
 
@@ -41,6 +48,7 @@ struct io_inflight {
     u64 count;
     s64 offset;
     const char *path;
+    const int *fdpair;   // pipe2/socketpair: where the kernel writes the two fds
     s32 fd;
     u32 kind;
 };

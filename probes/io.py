@@ -15,9 +15,13 @@ from .kernel import Probe, tracepoint_exists
 # Kind numbers from io.h -> syscall names.
 IO_KINDS = {1: "openat", 2: "read", 3: "pread64", 4: "readv", 5: "preadv", 6: "write",
             7: "pwrite64", 8: "writev", 9: "close", 10: "mmap", 11: "statx",
-            12: "newfstatat", 13: "getdents64", 14: "dup", 15: "preadv2", 16: "openat2"}
+            12: "newfstatat", 13: "getdents64", 14: "dup", 15: "preadv2", 16: "openat2",
+            17: "pipe2", 18: "socket", 19: "socketpair", 20: "eventfd2", 21: "memfd_create"}
 _OPENS = {1, 16}
 _PATH_KINDS = {1, 11, 12, 16}
+# fd-creating kinds -> (what /proc shows for such an fd, the label if it does not)
+_NEW_FDS = {17: ("pipe:", "pipe"), 18: ("socket:", "socket"), 19: ("socket:", "socket"),
+            20: ("anon_inode:", "eventfd"), 21: ("/memfd:", "memfd")}
 _BYTES_KINDS = {2, 3, 4, 5, 6, 7, 8, 15}  # ret is a byte count
 AT_FDCWD = -100
 
@@ -56,13 +60,18 @@ class IoProbe(Probe):
         self.fds.pop(pid, None)
 
     def path_of(self, pid: int, fd: int) -> str | None:
+        """Only what the table knows: every fd is named at its creation (or
+        from /proc at attach), never guessed later, when /proc may already
+        show a newer file behind the same number."""
+        return self._table(pid).get(fd)
+
+    def _created(self, pid: int, kind: int, fds: list[int]) -> None:
+        prefix, label = _NEW_FDS[kind]
         t = self._table(pid)
-        path = t.get(fd)
-        if path is None:
-            path = procfs.fd_path(pid, fd)
-            if path is not None:
-                t[fd] = path
-        return path
+        for fd in fds:
+            if fd >= 0:
+                now = procfs.fd_path(pid, fd)  # right unless closed and reused already
+                t[fd] = now if now and now.startswith(prefix) else label
 
     def _resolve(self, pid: int, dirfd: int, path: str) -> str:
         if not path:  # fstat(fd) is newfstatat(fd, "", AT_EMPTY_PATH)
@@ -77,7 +86,13 @@ class IoProbe(Probe):
         e = self.table.event(raw)
         kind, pid, ret, fd = e.kind, e.pid, e.ret, e.fd
         args: dict = {}
-        if kind in _PATH_KINDS:
+        if kind in _NEW_FDS:
+            fds = [e.count, e.offset] if kind in (17, 19) else [ret]
+            if ret >= 0:
+                self._created(pid, kind, [int(x) for x in fds])
+                args["fds" if len(fds) == 2 else "fd"] = (
+                    f"{int(fds[0])},{int(fds[1])}" if len(fds) == 2 else ret)
+        elif kind in _PATH_KINDS:
             path = self._resolve(pid, fd, bytes(e.path).split(b"\0", 1)[0].decode("utf-8", "replace"))
             args["path"] = path
             if kind in _OPENS and ret >= 0:
