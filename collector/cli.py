@@ -35,7 +35,22 @@ def build_sources(args):
     probes = [proc, io]
     if args.sched:
         probes.append(SchedProbe(min_offcpu_us=args.min_offcpu_us))
-    return [KernelProbes(probes)]
+    if args.cuda:
+        from gpuscope.probes.cuda import CudaProbe
+
+        cuda = CudaProbe()
+        proc.listeners.append(cuda)
+        probes.append(cuda)
+    if args.nccl:
+        from gpuscope.probes.nccl import NcclProbe
+
+        probes.append(NcclProbe())
+    sources = [KernelProbes(probes)]
+    if args.nvml and not args.ebpf:  # --ebpf prints the eBPF programs only
+        from gpuscope.probes.nvml import NvmlSource
+
+        sources.append(NvmlSource(interval_s=1.0 / args.nvml_hz))
+    return sources
 
 
 def default_output(pid: int) -> str:
@@ -177,6 +192,14 @@ def add_capture_flags(p: argparse.ArgumentParser) -> None:
                    help="trace off-CPU waits (default on)")
     p.add_argument("--min-offcpu-us", type=int, default=50,
                    help="shortest off-CPU wait to record, µs (default 50)")
+    p.add_argument("--cuda", action=argparse.BooleanOptionalAction, default=True,
+                   help="trace CUDA runtime and driver calls (default on)")
+    p.add_argument("--nccl", action=argparse.BooleanOptionalAction, default=True,
+                   help="trace NCCL collectives (default on)")
+    p.add_argument("--nvml", action=argparse.BooleanOptionalAction, default=True,
+                   help="poll NVML GPU counters (default on)")
+    p.add_argument("--nvml-hz", type=float, default=10.0,
+                   help="NVML polling rate, per second (default 10)")
     p.add_argument("--ebpf", action="store_true", help="print the eBPF program and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="no live status line")
 

@@ -14,6 +14,7 @@
 #define DROP_SCHED 1
 #define DROP_PROC 2
 #define DROP_CUDA 3
+#define DROP_NCCL 4
 #define DROP_SLOTS 8
 
 BPF_HASH(tracked, u32, u32, MAX_TRACKED);
