@@ -1,0 +1,317 @@
+"""PythonSampler: every thread's Python stack of every tracked process, at a fixed rate.
+
+A background thread ticks at rate_hz; each tick walks all threads of all tracked
+pids (pystack.Walker) and tags each stack with the thread's kernel state
+(running/idle, from /proc/PID/task/TID/stat read through a kept-open fd) and
+whether it holds the GIL. Samples and losses are queued for poll(). A tick that
+cannot start on time is counted late and skipped, so the achieved rate is
+honest. ctypes releases the GIL during each process_vm_readv, but the walk
+itself is Python: at 1 kHz it competes with the collector's other threads.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterable
+
+from .events import Event, Frame, Loss, StackSample
+from .procmem import NoPermission, ProcessGone, ProcessMemory, ReadError
+from .pyruntime import NotPython, Runtime, UnsupportedVersion, find_runtime, runtime_for_child
+from .pystack import Walker
+from .source import Source, SourceError
+
+MAX_QUEUED = 1_000_000
+
+
+class ThreadStates:
+    """Kernel scheduler state per thread via pread on kept-open stat files (one syscall)."""
+
+    def __init__(self):
+        self._fds: dict[tuple[int, int], int] = {}
+
+    def state(self, pid: int, tid: int) -> str | None:
+        """The stat state letter ('R', 'S', 'D', ...), or None if tid is not a live
+        thread of pid (exited, or a stale thread state left behind by fork)."""
+        key = (pid, tid)
+        fd = self._fds.get(key)
+        try:
+            if fd is None:
+                fd = self._fds[key] = os.open(f"/proc/{pid}/task/{tid}/stat", os.O_RDONLY)
+            data = os.pread(fd, 512, 0)
+        except OSError:
+            self.forget(pid, tid)
+            return None
+        i = data.rfind(b")")
+        return chr(data[i + 2]) if 0 <= i < len(data) - 2 else None
+
+    def forget(self, pid: int, tid: int | None = None) -> None:
+        for key in [k for k in self._fds if k[0] == pid and (tid is None or k[1] == tid)]:
+            os.close(self._fds.pop(key))
+
+    def keep_only(self, live: set[tuple[int, int]]) -> None:
+        for key in [k for k in self._fds if k not in live]:
+            os.close(self._fds.pop(key))
+
+    def close(self) -> None:
+        self.keep_only(set())
+
+
+class PythonSampler(Source):
+    """Samples Python stacks of the target tree at rate_hz (see module docstring)."""
+
+    name = "python"
+
+    def __init__(self, rate_hz: float = 100, retries: int = 3):
+        if not 0 < rate_hz <= 100_000:
+            raise ValueError(f"rate_hz must be in (0, 100000], not {rate_hz}")
+        self.rate_hz = rate_hz
+        self.retries = retries
+        self._walkers: dict[int, Walker] = {}
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._queue: list[Event] = []
+        self._lost_pending: dict[str, int] = {}
+        self._notices: list[str] = []
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._states = ThreadStates()
+        self._failing: dict[int, int] = {}  # pid -> consecutive failed ticks
+        self._started_at = 0.0
+        self._counts = {"events": 0, "lost": 0, "errors": 0, "ticks": 0, "late": 0,
+                        "stale": 0, "threads": 0}
+
+    # ---- Source interface ------------------------------------------------------------
+
+    def start(self, pids: Iterable[int]) -> None:
+        pids = list(pids)
+        denied = [pid for pid in pids if self._attach(pid) == "denied"]
+        if pids and len(denied) == len(pids):
+            raise SourceError(f"cannot read the memory of pid {', '.join(map(str, denied))}: "
+                              "the Python sampler needs root or CAP_SYS_PTRACE "
+                              "(process_vm_readv was refused)")
+        self._started_at = time.monotonic()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="gpuscope-python-sampler", daemon=True)
+        self._thread.start()
+
+    def add_process(self, pid: int) -> None:
+        """A new process (fork, or exec of an existing pid): resolve it, reusing the
+        parent's runtime when it is a fork of a tracked process."""
+        with self._lock:
+            old = self._walkers.get(pid)
+        if old is not None:
+            try:
+                if runtime_for_child(old.rt, pid) is not None:
+                    return  # same image still mapped: nothing changed
+            except OSError:
+                pass
+        self._attach(pid)
+
+    def remove_process(self, pid: int) -> None:
+        with self._lock:
+            self._walkers.pop(pid, None)
+            self._failing.pop(pid, None)
+
+    def poll(self, timeout_s: float) -> list[Event]:
+        with self._cond:
+            if not self._queue and not self._lost_pending:
+                self._cond.wait(timeout_s)
+            batch, self._queue = self._queue, []
+            now = time.monotonic_ns()
+            for reason, n in self._lost_pending.items():
+                batch.append(Loss(self.name, now, n, reason))
+            self._lost_pending = {}
+        return batch
+
+    def stop(self) -> None:
+        self._stop.set()
+        t, self._thread = self._thread, None
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout=5)
+        self._states.close()
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            out = dict(self._counts)
+        elapsed = (time.monotonic() - self._started_at) if self._started_at else 0.0
+        out["samples_per_s"] = round(out["ticks"] / elapsed) if elapsed > 0 else 0
+        return out
+
+    def notices(self) -> list[str]:
+        with self._lock:
+            out = list(self._notices)
+            ticks, late = self._counts["ticks"], self._counts["late"]
+        elapsed = (time.monotonic() - self._started_at) if self._started_at else 0.0
+        if elapsed >= 1.0 and ticks < 0.9 * self.rate_hz * elapsed:
+            out.append(f"python sampler: achieved {ticks / elapsed:.0f} Hz of the requested "
+                       f"{self.rate_hz:g} Hz ({late} late ticks skipped)")
+        for w in self._snapshot():
+            if w.tid_note:
+                out.append(f"python sampler, pid {w.pid}: {w.tid_note}")
+        return out
+
+    # ---- attaching ---------------------------------------------------------------------
+
+    def _notice(self, msg: str) -> None:
+        with self._lock:
+            if msg not in self._notices:
+                self._notices.append(msg)
+
+    def _attach(self, pid: int) -> str:
+        """Resolve pid's interpreter. Returns "ok", "denied" or "skipped" (noticed)."""
+        rt: Runtime | None = None
+        parent = self._parent_runtime(pid)
+        try:
+            if parent is not None:
+                rt = runtime_for_child(parent, pid)
+            mem = ProcessMemory(pid)
+            if rt is None:
+                rt = find_runtime(pid, mem)
+            walker = Walker(rt, mem)
+            walker.interpreters()  # proves we can read it
+        except (NoPermission, PermissionError):
+            self._notice(f"python sampler: pid {pid}: permission denied "
+                         "(needs root or CAP_SYS_PTRACE)")
+            return "denied"
+        except NotPython as e:
+            self._notice(f"python sampler: {e}; its Python frames are not sampled")
+            return "skipped"
+        except UnsupportedVersion as e:
+            self._notice(f"python sampler: pid {pid}: {e}; its Python frames are not sampled")
+            return "skipped"
+        except (ProcessGone, FileNotFoundError, ProcessLookupError):
+            return "skipped"  # exited before we got to it: nothing to say
+        except (ReadError, OSError) as e:
+            self._notice(f"python sampler: pid {pid}: cannot read its interpreter ({e})")
+            return "skipped"
+        with self._lock:
+            self._walkers[pid] = walker
+            self._failing.pop(pid, None)
+        return "ok"
+
+    def _parent_runtime(self, pid: int) -> Runtime | None:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+        with self._lock:
+            w = self._walkers.get(ppid)
+        return w.rt if w is not None else None
+
+    def _snapshot(self) -> list[Walker]:
+        with self._lock:
+            return list(self._walkers.values())
+
+    # ---- the loop ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        period = 1.0 / self.rate_hz
+        next_t = time.monotonic()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now < next_t:
+                self._stop.wait(next_t - now)
+                continue
+            self._tick()
+            next_t += period
+            behind = time.monotonic() - next_t
+            if behind > period:  # cannot keep up: skip the ticks we missed, count them
+                missed = int(behind / period)
+                next_t += missed * period
+                with self._lock:
+                    self._counts["late"] += missed
+
+    def _tick(self) -> None:
+        samples: list[Event] = []
+        lost: dict[str, int] = {}
+        errors = stale = threads = 0
+        live: set[tuple[int, int]] = set()
+        gone: list[int] = []
+        for w in self._snapshot():
+            try:
+                stacks, wl = w.sample(self.retries)
+            except ProcessGone:
+                gone.append(w.pid)
+                continue
+            except Exception as e:  # an unreadable interpreter: count, maybe re-resolve
+                errors += 1
+                lost[f"unreadable process ({type(e).__name__})"] = lost.get(
+                    f"unreadable process ({type(e).__name__})", 0) + 1
+                self._maybe_reresolve(w.pid)
+                continue
+            self._failing.pop(w.pid, None)
+            for reason, n in wl.items():
+                lost[reason] = lost.get(reason, 0) + n
+                errors += n
+            for s in stacks:
+                threads += 1
+                st = self._states.state(w.pid, s.tid)
+                if st is None:
+                    stale += 1  # thread exited, or a pre-fork thread state: not ours
+                    continue
+                live.add((w.pid, s.tid))
+                if s.frames is None:
+                    continue
+                running = st == "R"
+                samples.append(StackSample(w.pid, s.tid, s.ts, "running" if running else "idle",
+                                           s.gil, s.frames))
+        self._states.keep_only(live)
+        with self._cond:
+            c = self._counts
+            c["ticks"] += 1
+            c["errors"] += errors
+            c["stale"] += stale
+            c["threads"] = threads
+            c["lost"] += sum(lost.values())
+            for reason, n in lost.items():
+                self._lost_pending[reason] = self._lost_pending.get(reason, 0) + n
+            room = MAX_QUEUED - len(self._queue)
+            if len(samples) > room:
+                self._lost_pending["buffer full"] = self._lost_pending.get("buffer full", 0) + len(samples) - room
+                c["lost"] += len(samples) - room
+                samples = samples[:max(room, 0)]
+            c["events"] += len(samples)
+            self._queue.extend(samples)
+            for pid in gone:
+                self._walkers.pop(pid, None)
+            if samples or lost:
+                self._cond.notify_all()
+
+    def _maybe_reresolve(self, pid: int) -> None:
+        """Failing ticks in a row suggest an exec(): resolve the pid again (at most
+        every 100 failures)."""
+        n = self._failing[pid] = self._failing.get(pid, 0) + 1
+        if n % 100 == 1 and n > 1 or n == 3:
+            with self._lock:
+                self._walkers.pop(pid, None)
+            if self._attach(pid) != "ok":
+                self._notice(f"python sampler: pid {pid} became unreadable; no longer sampled")
+
+
+# ---- one-shot helpers (doctor, tests) ------------------------------------------------
+
+
+def dump(pid: int) -> dict[int, list[Frame]]:
+    """One snapshot of every live thread's stack, innermost frame last.
+    Raises NotPython, UnsupportedVersion, or OSError."""
+    walker = Walker(find_runtime(pid))
+    tids = {int(t) for t in os.listdir(f"/proc/{pid}/task")}
+    stacks, _ = walker.sample()
+    return {s.tid: list(s.frames) for s in stacks if s.frames is not None and s.tid in tids}
+
+
+def python_version(pid: int) -> str | None:
+    """The target's CPython version ("3.12.1"; "3.10" when the micro is unknown),
+    also for unsupported versions; None when it is not a CPython process."""
+    try:
+        return find_runtime(pid).version_str
+    except UnsupportedVersion as e:
+        return getattr(e, "version", None)
+    except (NotPython, OSError):
+        return None
+
+
+__all__ = ["PythonSampler", "ThreadStates", "dump", "python_version"]
