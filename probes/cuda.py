@@ -304,14 +304,12 @@ class Rates:
         if driver:
             self.held.append((pid, tid, start, end, slot, amount))
         else:
-            self._count(pid, slot, amount, start, end)
+            self._count(pid, slot, amount)
 
-    def _count(self, pid: int, slot: int, amount: float, start: int, end: int,
-               clip: bool = True) -> None:
-        c = self.cur.setdefault(pid, [0.0, 0.0, 0.0, 0.0])
-        if slot == 3 and clip:  # only the part inside this window
-            amount = max(0, end - max(start, self.window_start))
-        c[slot] += amount
+    def _count(self, pid: int, slot: int, amount: float) -> None:
+        # Counted in the window the call is decoded in (not clipped to it: a
+        # call decoded after its window closed would otherwise count as 0).
+        self.cur.setdefault(pid, [0.0, 0.0, 0.0, 0.0])[slot] += amount
 
     def emit(self, now: int, out: list[Event]) -> None:
         keep = []
@@ -322,7 +320,7 @@ class Rates:
             if end > now - self.HOLD_NS:
                 keep.append(h)  # its runtime caller may not have returned yet
                 continue
-            self._count(pid, slot, amount, start, end, clip=False)
+            self._count(pid, slot, amount)
         self.held = keep
         horizon = now - 2 * self.HOLD_NS
         self.runtime = {t: [se for se in v if se[1] >= horizon] for t, v in self.runtime.items()}

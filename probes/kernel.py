@@ -205,6 +205,8 @@ class KernelProbes(Source):
         if self.bpf is None:
             return []
         self.bpf.ring_buffer_consume()
+        for p in self.probes:
+            p.tick(self.bpf, self._out)  # e.g. rates over the last, partial window
         self._collect_drops()
         out, self._out = self._out, []
         return out
