@@ -63,6 +63,10 @@ class Session:
         self.notices: list[str] = []
         self.counts: dict[str, int] = {}
         self.attribution = Attribution()
+        # Consumers of the merged, time-ordered stream besides the trace (the
+        # stall analysis, the sidecar's metrics and flight recorder). Called
+        # from the collector thread with each written batch; must be quick.
+        self.taps: list = []
 
     # -- control -----------------------------------------------------------
     def request_stop(self, reason: str) -> None:
@@ -190,6 +194,8 @@ class Session:
             timeline.add(ev)
             k = getattr(ev, "cat", None) or type(ev).__name__.lower()
             self.counts[k] = self.counts.get(k, 0) + 1
+        for tap in self.taps:
+            tap(ready)
 
     def _finish(self, timeline: Timeline, writer: TraceWriter) -> None:
         self._stop.set()

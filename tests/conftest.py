@@ -103,6 +103,21 @@ def bpf_ids(kind: str) -> set[int]:
         ids.add(start)
 
 
+def prog_ids_of(pid: int) -> set[int]:
+    """IDs of the BPF programs a process holds open (from its fdinfo), so
+    checks are not confused by other BPF users on the machine."""
+    ids = set()
+    fdinfo = Path(f"/proc/{pid}/fdinfo")
+    for f in fdinfo.iterdir():
+        try:
+            for line in f.read_text().splitlines():
+                if line.startswith("prog_id:"):
+                    ids.add(int(line.split()[1]))
+        except OSError:
+            pass
+    return ids
+
+
 def probe_events() -> str:
     text = ""
     for name in ("uprobe_events", "kprobe_events"):

@@ -10,7 +10,7 @@ import time
 import pytest
 
 import tracecheck
-from conftest import Gpuscope, bpf_ids, probe_events
+from conftest import Gpuscope, bpf_ids, probe_events, prog_ids_of
 
 IO_NAMES = {"openat", "read", "pread64", "readv", "close"}
 
@@ -91,13 +91,12 @@ def test_summary_and_losses_reported(target, tmp_path, data_files):
 
 
 def test_sigkilled_collector_leaves_readable_trace_and_no_bpf_objects(target, tmp_path, data_files):
-    before = {k: bpf_ids(k) for k in ("prog", "link")}
     events_before = probe_events()
     t = target("io_worker.py", *data_files)
     out = tmp_path / "killed.pftrace"
     g = Gpuscope(["attach", "-p", str(t.pid), "-o", str(out)])
     g.wait_attached()
-    during = bpf_ids("prog") - before["prog"]
+    during = prog_ids_of(g.proc.pid)
     assert during, "gpuscope's programs should be loaded while it runs"
     t.go()
     time.sleep(1.0)  # several flushes
@@ -114,7 +113,6 @@ def test_sigkilled_collector_leaves_readable_trace_and_no_bpf_objects(target, tm
 def test_clean_stop_detaches_everything(tmp_path, how):
     import subprocess
     import sys
-    before = bpf_ids("prog")
     events_before = probe_events()
     sleeper = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(0.05)"])
     try:
@@ -124,7 +122,8 @@ def test_clean_stop_detaches_everything(tmp_path, how):
             args += ["-d", "1.5"]
         g = Gpuscope(args)
         g.wait_attached()
-        assert bpf_ids("prog") - before
+        during = prog_ids_of(g.proc.pid)
+        assert during
         if how != "duration":
             time.sleep(0.5)
             g.proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGINT)
@@ -135,7 +134,7 @@ def test_clean_stop_detaches_everything(tmp_path, how):
         tr = tracecheck.load(str(out))
         assert any(s.name == "blocked" for s in tr.slices_on("Off-CPU"))
         assert (tmp_path / "stop.summary.json").exists()
-        assert not (bpf_ids("prog") - before), "programs left behind"
+        assert not (bpf_ids("prog") & during), "programs left behind"
         assert probe_events() == events_before
     finally:
         sleeper.kill()
