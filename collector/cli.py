@@ -46,7 +46,11 @@ def build_sources(args):
 
         probes.append(NcclProbe())
     sources = [KernelProbes(probes)]
-    if args.nvml and not args.ebpf:  # --ebpf prints the eBPF programs only
+    if args.python:
+        from gpuscope.probes.sampler import PythonSampler
+
+        sources.append(PythonSampler(rate_hz=args.rate))
+    if args.nvml:
         from gpuscope.probes.nvml import NvmlSource
 
         sources.append(NvmlSource(interval_s=1.0 / args.nvml_hz))
@@ -84,12 +88,13 @@ def capture(args, pid: int, on_attached=None, command=None):
     from .session import Session
     from .status import StatusLine
 
-    output = args.output or default_output(pid)
-    check_output(output)
     if args.ebpf:
         for src in build_sources(args):
-            print(src.expanded_source())
+            if hasattr(src, "expanded_source"):  # the eBPF source; others load nothing
+                print(src.expanded_source())
         return None
+    output = args.output or default_output(pid)
+    check_output(output)
     session = Session(pid, build_sources(args), output, duration=args.duration,
                       subprocesses=args.subprocesses,
                       status=None if args.quiet else StatusLine(), command=command)
@@ -192,6 +197,10 @@ def add_capture_flags(p: argparse.ArgumentParser) -> None:
                    help="trace off-CPU waits (default on)")
     p.add_argument("--min-offcpu-us", type=int, default=50,
                    help="shortest off-CPU wait to record, µs (default 50)")
+    p.add_argument("--python", action=argparse.BooleanOptionalAction, default=True,
+                   help="sample every thread's Python stack (default on)")
+    p.add_argument("-r", "--rate", type=float, default=100,
+                   help="Python stack samples per second (default 100)")
     p.add_argument("--cuda", action=argparse.BooleanOptionalAction, default=True,
                    help="trace CUDA runtime and driver calls (default on)")
     p.add_argument("--nccl", action=argparse.BooleanOptionalAction, default=True,

@@ -31,6 +31,9 @@ PD = _fields(pb.ProcessDescriptor)
 THD = _fields(pb.ThreadDescriptor)
 CD = _fields(pb.CounterDescriptor)
 CS = _fields(pb.ClockSnapshot)
+PFRAME = _fields(pb.Frame)
+PSTACK = _fields(pb.Callstack)
+PMAP = _fields(pb.Mapping)
 CLK = _fields(pb.ClockSnapshot.Clock)
 TPD = _fields(pb.TracePacketDefaults)
 TED = _fields(pb.TrackEventDefaults)
@@ -99,6 +102,10 @@ class TraceWriter:
         self.packets = 0
         self._names: dict[str, int] = {}
         self._arg_names: dict[str, int] = {}
+        self._functions: dict[str, int] = {}
+        self._sources: dict[str, int] = {}
+        self._frames: dict[tuple, int] = {}
+        self._stacks: dict[tuple, int] = {}
         self._next_uuid = 1
         self._first = True
         self._clock_snapshot()
@@ -197,7 +204,7 @@ class TraceWriter:
         return iid
 
     def _event(self, ts: int, track: int, kind: int, name: str | None = None,
-               args: dict | None = None, extra: bytes = b"") -> None:
+               args: dict | None = None, extra: bytes = b"", interned: bytes = b"") -> None:
         body = bytearray(f_varint(TE["type"], kind) + f_varint(TE["track_uuid"], track))
         new_names: list[tuple[int, str]] = []
         new_args: list[tuple[int, str]] = []
@@ -210,15 +217,15 @@ class TraceWriter:
                                 + _value(v))
         body += extra
         packet = f_bytes(PKT["track_event"], bytes(body))
-        if new_names or new_args:
-            interned = b"".join(f_bytes(IDATA["event_names"],
+        if new_names or new_args or interned:
+            interned += b"".join(f_bytes(IDATA["event_names"],
                                         f_varint(NAMED["iid"], i) + f_str(NAMED["name"], s))
                                 for i, s in new_names)
             interned += b"".join(f_bytes(IDATA["debug_annotation_names"],
                                          f_varint(NAMED["iid"], i) + f_str(NAMED["name"], s))
                                  for i, s in new_args)
             packet += f_bytes(PKT["interned_data"], interned)
-        self._packet(packet, ts=ts, needs_state=name is not None or bool(args))
+        self._packet(packet, ts=ts, needs_state=name is not None or bool(args) or bool(extra))
 
     def begin(self, track: int, ts: int, name: str, args: dict | None = None) -> None:
         self._event(ts, track, SLICE_BEGIN, name, args)
@@ -228,6 +235,45 @@ class TraceWriter:
 
     def instant(self, track: int, ts: int, name: str, args: dict | None = None) -> None:
         self._event(ts, track, INSTANT, name, args)
+
+    def sample(self, track: int, ts: int, name: str, frames) -> None:
+        """A sampled stack as an instant with an interned callstack (frames
+        outermost first, each a function, a source file and a line), so a
+        flame graph can be built from the trace and the analysis re-run."""
+        interned = bytearray()
+        ids = []
+        for f in frames:
+            key = (f.function, f.file, f.line)
+            fid = self._frames.get(key)
+            if fid is None:
+                fid = self._frames[key] = len(self._frames) + 1
+                fn = self._intern_str(self._functions, f.function, IDATA["function_names"], interned)
+                src = self._intern_str(self._sources, f.file, IDATA["source_paths"], interned)
+                interned += f_bytes(IDATA["frames"], f_varint(PFRAME["iid"], fid)
+                                    + f_varint(PFRAME["function_name_id"], fn)
+                                    + f_varint(PFRAME["mapping_id"], 1)
+                                    + f_varint(PFRAME["source_path_iid"], src)
+                                    + f_varint(PFRAME["line_number"], f.line))
+                if fid == 1:  # one mapping stands for "Python code"
+                    interned += f_bytes(IDATA["mapping_paths"], f_varint(NAMED["iid"], 1) + f_str(2, "python"))
+                    interned += f_bytes(IDATA["mappings"], f_varint(PMAP["iid"], 1)
+                                        + f_varint(PMAP["path_string_ids"], 1))
+            ids.append(fid)
+        key = tuple(ids)
+        sid = self._stacks.get(key)
+        if sid is None:
+            sid = self._stacks[key] = len(self._stacks) + 1
+            interned += f_bytes(IDATA["callstacks"], f_varint(PSTACK["iid"], sid)
+                                + b"".join(f_varint(PSTACK["frame_ids"], i) for i in ids))
+        self._event(ts, track, INSTANT, name, extra=f_varint(TE["callstack_iid"], sid),
+                    interned=bytes(interned))
+
+    def _intern_str(self, table: dict[str, int], s: str, field: int, out: bytearray) -> int:
+        iid = table.get(s)
+        if iid is None:
+            iid = table[s] = len(table) + 1
+            out += f_bytes(field, f_varint(1, iid) + f_str(2, s))  # InternedString {iid, str}
+        return iid
 
     def counter(self, track: int, ts: int, value: float) -> None:
         self._event(ts, track, COUNTER, extra=f_double(TE["double_counter_value"], float(value)))

@@ -12,6 +12,11 @@ from gpuscope.probes.events import Frame, Span, StackSample
 HISTORY_NS = 5_000_000_000   # how far back attribution looks
 
 
+def sample_label(s: StackSample) -> str:
+    """The sample's name in the trace: its thread state, read back by replay."""
+    return s.state + (" +GIL" if s.gil else "")
+
+
 def frame_label(f: Frame) -> str:
     return f"{f.function} ({f.file}:{f.line})"
 
@@ -50,6 +55,7 @@ class PythonTracks:
             w.begin(track, s.ts, g.function, {"file": g.file, "line": g.line})
             stack.append((g, track))
         self.last_ts[s.tid] = s.ts
+        w.sample(self.timeline.child(s.pid, s.tid, "pysamples"), s.ts, sample_label(s), s.frames)
 
     def _close(self, tid: int, ts: int) -> None:
         for _, t in reversed(self.open.pop(tid, [])):

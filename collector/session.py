@@ -176,6 +176,8 @@ class Session:
             elif type(ev) is Instant and ev.cat == "proc":
                 if ev.name == "fork" and self.subprocesses:
                     self._add_process(ev.args["child"])
+                elif ev.name == "exec":
+                    self._add_process(ev.pid)  # the sampler re-resolves a new image
                 elif ev.name == "exit" and ev.args.get("process"):
                     for src in self._started:
                         src.remove_process(ev.pid)

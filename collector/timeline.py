@@ -18,9 +18,9 @@ from .perfetto import TraceWriter
 from .pystacks import PythonTracks
 
 # Order of per-thread child tracks in the UI.
-CATEGORY_RANK = {"python": 1, "cuda": 2, "nccl": 3, "io": 4, "sched": 5}
-CATEGORY_TITLE = {"python": "Python", "cuda": "CUDA", "nccl": "NCCL", "io": "IO",
-                  "sched": "Off-CPU"}
+CATEGORY_RANK = {"python": 1, "pysamples": 2, "cuda": 3, "nccl": 4, "io": 5, "sched": 6}
+CATEGORY_TITLE = {"python": "Python", "pysamples": "Python samples", "cuda": "CUDA",
+                  "nccl": "NCCL", "io": "IO", "sched": "Off-CPU"}
 
 
 class Timeline:

@@ -37,6 +37,9 @@ class Probe:
     bpf_file = ""
     ring = ""           # ring buffer map name
     drop_slot = -1      # index into the shared loss counters (tracked.h)
+    # Byte offset of the u64 time at which a record was submitted (a span's
+    # end, an instant's time): records of all rings are decoded in this order.
+    order_offset = 8
 
     def cflags(self) -> list[str]:
         return []
@@ -105,7 +108,7 @@ class KernelProbes(Source):
         self._kdrops = {p.name: 0 for p in self.probes}    # counted by the kernel
         self._decode_errors = {p.name: 0 for p in self.probes}
         self._last_tick = 0.0
-        self._cbs = []  # keep ctypes callbacks alive
+        self._raw: list = []  # (order time, probe, record) copied during a poll
 
     # -- program text ------------------------------------------------------
     def program_text(self) -> str:
@@ -147,16 +150,28 @@ class KernelProbes(Source):
             p.initial_events(pids, self._out)
 
     def _open_ring(self, probe: Probe) -> None:
+        # Records are copied out and decoded after the poll, in time order
+        # across all rings: a child's first IO must not be decoded before the
+        # fork that gave it its fds, nor a pipe() after that fork.
+        off = probe.order_offset
+
         def cb(_ctx, data, size, probe=probe):
             self._events[probe.name] += 1
-            try:
-                probe.decode(data, size, self._out)
-            except Exception as e:  # a bad record must not end the capture
-                self._decode_errors[probe.name] += 1
-                self._out.append(Loss(probe.name, time.monotonic_ns(), 1, f"decode: {e}"))
+            raw = ct.string_at(data, size)
+            self._raw.append((int.from_bytes(raw[off:off + 8], "little"), probe, raw))
             return 0
 
         self.bpf[probe.ring].open_ring_buffer(cb)
+
+    def _decode_raw(self) -> None:
+        raw, self._raw = self._raw, []
+        raw.sort(key=lambda r: r[0])
+        for _, probe, rec in raw:
+            try:
+                probe.decode(ct.c_char_p(rec), len(rec), self._out)
+            except Exception as e:  # a bad record must not end the capture
+                self._decode_errors[probe.name] += 1
+                self._out.append(Loss(probe.name, time.monotonic_ns(), 1, f"decode: {e}"))
 
     def add_process(self, pid: int) -> None:
         if self.bpf is not None:
@@ -180,6 +195,7 @@ class KernelProbes(Source):
             time.sleep(timeout_s)
             return []
         self.bpf.ring_buffer_poll(max(1, int(timeout_s * 1000)))
+        self._decode_raw()
         now = time.monotonic()
         if now - self._last_tick >= 0.5:
             self._last_tick = now
@@ -205,6 +221,7 @@ class KernelProbes(Source):
         if self.bpf is None:
             return []
         self.bpf.ring_buffer_consume()
+        self._decode_raw()
         for p in self.probes:
             p.tick(self.bpf, self._out)  # e.g. rates over the last, partial window
         self._collect_drops()

@@ -22,6 +22,7 @@ class ProcProbe(Probe):
     bpf_file = "proc.bpf.c"
     ring = "proc_events"
     drop_slot = 2  # DROP_PROC
+    order_offset = 0  # struct proc_event starts with its ts
 
     def __init__(self):
         self.table = None

@@ -102,7 +102,7 @@ def test_sigkilled_collector_leaves_readable_trace_and_no_bpf_objects(target, tm
     time.sleep(1.0)  # several flushes
     g.proc.send_signal(signal.SIGKILL)
     g.proc.wait()
-    tr = tracecheck.load(str(out))
+    tr = tracecheck.load(str(out), complete=False)
     assert any(s.args.get("path") == data_files[0] for s in tr.slices_on("IO"))
     time.sleep(0.2)
     assert not (bpf_ids("prog") & during), "programs left behind after SIGKILL"

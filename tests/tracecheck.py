@@ -31,6 +31,7 @@ class Decoded:
     processes: dict = field(default_factory=dict)     # uuid -> (pid, name)
     slices: list = field(default_factory=list)
     instants: list = field(default_factory=list)      # (name, track, ts, args)
+    samples: list = field(default_factory=list)       # (track, ts, name, [(func, file, line)] outermost first)
     counters: dict = field(default_factory=lambda: defaultdict(list))  # uuid -> [(ts, v)]
 
     def track_name(self, uuid: int) -> str:
@@ -78,7 +79,9 @@ def read_packets(path: str) -> list:
     return packets
 
 
-def load(path: str) -> Decoded:
+def load(path: str, complete: bool = True) -> Decoded:
+    """complete=False for a trace whose writer was killed: slices still open
+    then (Python frames on the stack) are allowed to lack their END."""
     packets = read_packets(path)
     d = Decoded(packets)
     assert packets, "empty trace"
@@ -92,6 +95,9 @@ def load(path: str) -> Decoded:
 
     names: dict[int, dict[int, str]] = defaultdict(dict)
     arg_names: dict[int, dict[int, str]] = defaultdict(dict)
+    strs: dict[tuple[int, str], dict[int, str]] = defaultdict(dict)   # (seq, table) -> iid -> str
+    frames: dict[int, dict[int, tuple]] = defaultdict(dict)
+    stacks: dict[int, dict[int, list]] = defaultdict(dict)
     thread_of_tid: dict[tuple[int, int], int] = {}
     events = []
     for idx, p in enumerate(packets):
@@ -113,6 +119,14 @@ def load(path: str) -> Decoded:
                 names[seq][e.iid] = e.name
             for e in p.interned_data.debug_annotation_names:
                 arg_names[seq][e.iid] = e.name
+            for table in ("function_names", "source_paths"):
+                for e in getattr(p.interned_data, table):
+                    strs[(seq, table)][e.iid] = e.str.decode()
+            for f in p.interned_data.frames:
+                frames[seq][f.iid] = (strs[(seq, "function_names")][f.function_name_id],
+                                      strs[(seq, "source_paths")][f.source_path_iid], f.line_number)
+            for c in p.interned_data.callstacks:
+                stacks[seq][c.iid] = [frames[seq][i] for i in c.frame_ids]
         if p.HasField("track_event"):
             ev = p.track_event
             assert seq, "TrackEvent without trusted_packet_sequence_id is dropped"
@@ -127,6 +141,9 @@ def load(path: str) -> Decoded:
             for a in ev.debug_annotations:
                 key = arg_names[seq][a.name_iid] if a.HasField("name_iid") else a.name
                 args[key] = getattr(a, a.WhichOneof("value"))
+            if ev.HasField("callstack_iid"):
+                assert ev.callstack_iid in stacks[seq], "undefined callstack iid"
+                d.samples.append((ev.track_uuid, p.timestamp, name, stacks[seq][ev.callstack_iid]))
             events.append((p.timestamp, idx, ev.type, ev.track_uuid, name, args, ev))
     # Replay in timestamp order (stable), as the trace processor does.
     events.sort(key=lambda e: (e[0], e[1]))
@@ -150,5 +167,5 @@ def load(path: str) -> Decoded:
         elif typ == TE.TYPE_INSTANT:
             d.instants.append((name, track, ts, args))
     for track, stack in open_.items():
-        assert not stack, f"unclosed slices on {d.tracks[track].name!r}: {[s.name for s in stack]}"
+        assert not complete or not stack, f"unclosed slices on {d.tracks[track].name!r}: {[s.name for s in stack]}"
     return d
