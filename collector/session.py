@@ -22,6 +22,7 @@ from .pystacks import Attribution
 from .status import StatusLine
 from .summary import write_summary
 from .timeline import Timeline
+from .verdict import verdict_events
 
 REORDER_NS = 300_000_000     # events are written once this much older than now
 FLUSH_EVERY_S = 0.25
@@ -45,7 +46,8 @@ class Capture:
 class Session:
     def __init__(self, pid: int, sources: list[Source], output: str,
                  duration: float | None = None, subprocesses: bool = True,
-                 status: StatusLine | None = None, command: list[str] | None = None):
+                 status: StatusLine | None = None, command: list[str] | None = None,
+                 analysis=None):
         self.pid = pid
         self.sources = sources
         self.output = output
@@ -67,6 +69,12 @@ class Session:
         # stall analysis, the sidecar's metrics and flight recorder). Called
         # from the collector thread with each written batch; must be quick.
         self.taps: list = []
+        # The stall analysis: fed like a tap, asked for its verdict at the end,
+        # which is written into the trace (Verdict track) and the summary.
+        self.analysis = analysis
+        self.result: dict = {}
+        if analysis is not None:
+            self.taps.append(analysis.feed)
 
     # -- control -----------------------------------------------------------
     def request_stop(self, reason: str) -> None:
@@ -217,6 +225,13 @@ class Session:
                 self.notices.append(f"{src.name}: detach failed: {e}")
         self._take(timeout=0)
         self._write(timeline, None)
+        if self.analysis is not None:
+            try:
+                self.result = self.analysis.result()
+                for ev in verdict_events(self.analysis, self.result):
+                    timeline.add(ev)
+            except Exception as e:  # the trace must still be finished
+                self.notices.append(f"stall analysis failed: {e}")
         timeline.close()
         writer.close()
         if self.status:

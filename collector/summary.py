@@ -30,6 +30,8 @@ def write_summary(session, cap, writer) -> dict:
         "lost": cap.lost,
         "notices": cap.notices,
     }
+    # The stall analysis: verdict, steps, stall_frames, main_wait_frames, top_files.
+    doc.update(getattr(session, "result", None) or {})
     tmp = cap.summary_path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(doc, f, indent=2, sort_keys=True)

@@ -20,7 +20,7 @@ from .pystacks import PythonTracks
 # Order of per-thread child tracks in the UI.
 CATEGORY_RANK = {"python": 1, "pysamples": 2, "cuda": 3, "nccl": 4, "io": 5, "sched": 6}
 CATEGORY_TITLE = {"python": "Python", "pysamples": "Python samples", "cuda": "CUDA",
-                  "nccl": "NCCL", "io": "IO", "sched": "Off-CPU"}
+                  "nccl": "NCCL", "io": "IO", "sched": "Off-CPU", "verdict": "Verdict"}
 
 
 class Timeline:
@@ -80,12 +80,13 @@ class Timeline:
     def add(self, ev: Event) -> None:
         t = type(ev)
         if t is Span:
-            track = self.child(ev.pid, ev.tid, ev.cat)
+            track = (self.global_track(CATEGORY_TITLE.get(ev.cat, ev.cat)) if ev.pid == 0
+                     else self.child(ev.pid, ev.tid, ev.cat))
             self.w.begin(track, ev.start, ev.name, ev.args)
             self.w.end(track, ev.end)
         elif t is Instant:
             if ev.pid == 0:
-                track = self.global_track(ev.cat)
+                track = self.global_track(CATEGORY_TITLE.get(ev.cat, ev.cat))
             elif ev.tid == 0:
                 track = self.process(ev.pid)
             else:

@@ -1,0 +1,108 @@
+"""The verdict's ground-truth scenarios: samples/train.py slowed in one way
+each, attached to by PID, and its own log of where the loop spent its time.
+Used by tests/test_verdict.py; runnable by hand:
+
+    .venv/bin/python tests/scenarios.py storage [--seconds 8]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+# name -> (train.py flags, slowfs read latency ms or None, expected finding kind)
+SCENARIOS = {
+    "compute_bound": (["--workers", "2", "--compute-ms", "150"], None, "not_input_bound"),
+    "storage": (["--workers", "2", "--compute-ms", "30"], 25, "storage_fetch_stall"),
+    "cpu_transform": (["--workers", "1", "--transform-ms", "12", "--compute-ms", "30"], None,
+                      "cpu_preprocessing_stall"),
+    "no_workers": (["--workers", "0", "--transform-ms", "4", "--compute-ms", "30"], None,
+                   "too_few_workers"),
+    "too_few_workers": (["--workers", "1", "--transform-ms", "8", "--compute-ms", "30"], None,
+                        "too_few_workers"),
+    "too_many_workers": (["--workers", "8", "--transform-ms", "6", "--compute-ms", "30"], None,
+                         "too_many_workers"),
+    "ipc": (["--workers", "2", "--payload-floats", "300000", "--compute-ms", "30"], None,
+            "ipc_collate_pin_bound"),
+    "epoch_start": (["--workers", "2", "--no-persistent-workers", "--epoch-batches", "4",
+                     "--worker-init-ms", "400", "--compute-ms", "30"], None, "epoch_start_stall"),
+}
+
+
+def run(name: str, workdir: str, seconds: float = 8.0, warmup: float = 3.0) -> dict:
+    flags, latency, expected = SCENARIOS[name]
+    data = os.path.join(workdir, "data")
+    subprocess.run([PY, str(ROOT / "samples/train.py"), "--data", data, "--make-data", "256",
+                    "--steps", "1", "--workers", "0", "--compute-ms", "0"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    fs = None
+    if latency:
+        mnt = os.path.join(workdir, "mnt")
+        fs = subprocess.Popen([PY, str(ROOT / "samples/slowfs.py"), data, mnt,
+                               "--latency-ms", str(latency)], stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while not os.listdir(mnt) if os.path.isdir(mnt) else True:
+            if time.monotonic() > deadline:
+                raise RuntimeError("slowfs did not mount")
+            time.sleep(0.1)
+        data = mnt
+    log = os.path.join(workdir, "truth.jsonl")
+    job = subprocess.Popen([PY, str(ROOT / "samples/train.py"), "--data", data, *flags, "--log", log],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                           start_new_session=True)
+    try:
+        pid = json.loads(job.stdout.readline())["ready"]
+        time.sleep(warmup)
+        trace = os.path.join(workdir, f"{name}.pftrace")
+        p = subprocess.run([PY, "-m", "gpuscope.collector.cli", "attach", "-p", str(pid), "-d",
+                            str(seconds), "-o", trace, "-q", "--no-cuda", "--no-nccl", "--no-nvml"],
+                           capture_output=True, text=True, timeout=seconds + 120)
+        summary = json.loads(Path(trace).with_suffix(".summary.json").read_text())
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+        if fs:
+            subprocess.run(["umount", "-l", os.path.join(workdir, "mnt")], check=False)
+            fs.kill()
+            fs.wait()
+    return {"name": name, "expected": expected, "summary": summary, "stderr": p.stderr,
+            "rc": p.returncode, "truth": truth_share(log, summary), "trace": trace}
+
+
+def truth_share(log: str, summary: dict) -> float | None:
+    """The sample's own data-wait share over the steps gpuscope analysed."""
+    window = (summary.get("verdict") or {}).get("window_ns")
+    if not window:
+        return None
+    rows = [json.loads(line) for line in open(log)]
+    rows = [r for r in rows if window[0] - 1e6 <= r["start_ns"] and r["start_ns"] + r["data_ns"] + r["compute_ns"] <= window[1] + 50e6]
+    data = sum(r["data_ns"] for r in rows)
+    total = sum(r["data_ns"] + r["compute_ns"] for r in rows)
+    return data / total if total else None
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("names", nargs="*", default=list(SCENARIOS))
+    ap.add_argument("--seconds", type=float, default=8)
+    a = ap.parse_args()
+    for n in a.names:
+        with tempfile.TemporaryDirectory() as d:
+            r = run(n, d, a.seconds)
+            v = r["summary"].get("verdict", {})
+            kinds = [f["kind"] for f in v.get("findings", [])]
+            print(f"{n:18} expect {r['expected']:24} got {kinds} share {v.get('data_wait_share')} "
+                  f"truth {r['truth'] and round(r['truth'], 4)} conf {v.get('confidence')} rc {r['rc']}")
+            if r["rc"]:
+                print(r["stderr"][-2000:])
