@@ -95,9 +95,12 @@ def capture(args, pid: int, on_attached=None, command=None):
         return None
     output = args.output or default_output(pid)
     check_output(output)
+    from .stalls import StallAnalysis
+
     session = Session(pid, build_sources(args), output, duration=args.duration,
                       subprocesses=args.subprocesses,
-                      status=None if args.quiet else StatusLine(), command=command)
+                      status=None if args.quiet else StatusLine(), command=command,
+                      analysis=StallAnalysis(pid, rate_hz=args.rate) if args.python else None)
     session.install_signal_handlers()
 
     def attached(s):
@@ -132,6 +135,10 @@ def report(cap) -> None:
             err.write(f"  {src:<8} LOST {lost}\n")
     for note in cap.notices:
         err.write(f"  note: {note}\n")
+    if cap.summary.get("verdict"):
+        from .verdict import render
+
+        err.write(render(cap.summary))
     err.write(f"  trace:   {cap.trace} ({size / 1e6:.1f} MB) — open in ui.perfetto.dev\n")
     err.write(f"  summary: {cap.summary_path}\n")
 
@@ -181,10 +188,87 @@ def cmd_run(args) -> int:
     return rc if rc >= 0 else 128 - rc
 
 
+def cmd_report(args) -> int:
+    import json
+
+    from .replay import TraceError, events, target_pid
+    from .stalls import StallAnalysis
+    from .verdict import render
+
+    summary_path = os.path.splitext(args.trace)[0] + ".summary.json"
+    try:
+        with open(summary_path) as f:
+            pid = json.load(f)["target"]["pid"]
+    except (OSError, ValueError, KeyError):
+        pid = None
+    try:
+        pid = pid or target_pid(args.trace)
+        if pid is None:
+            raise CliError(f"{args.trace} holds no process: not a gpuscope trace?", EXIT_USAGE)
+        analysis = StallAnalysis(pid)
+        batch = []
+        for ev in events(args.trace):
+            batch.append(ev)
+            if len(batch) >= 4096:
+                analysis.feed(batch)
+                batch = []
+        analysis.feed(batch)
+    except TraceError as e:
+        raise CliError(f"{e} (give the .pftrace written by gpuscope attach/run)", EXIT_USAGE) from None
+    result = analysis.result()
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        sys.stdout.write(render(result))
+    return 0
+
+
 def cmd_doctor(args) -> int:
     from .doctor import run_doctor
 
     return run_doctor(args.pid)
+
+
+def cmd_sidecar(args) -> int:
+    from . import sidecar
+
+    try:
+        return sidecar.run(args)
+    except sidecar.CliError as e:
+        raise CliError(str(e), e.code) from None
+
+
+def cmd_view(args) -> int:
+    import urllib.parse
+
+    from gpuscope.viewer import create_app
+
+    path = os.path.abspath(args.path)
+    if os.path.isfile(path):
+        directory, name = os.path.dirname(path), os.path.basename(path)
+        if not name.endswith(".pftrace"):
+            raise CliError(f"{args.path} is not a .pftrace file", EXIT_USAGE)
+        page = "/s/" + urllib.parse.quote(name[: -len(".pftrace")])
+    elif os.path.isdir(path):
+        directory, page = path, "/"
+    else:
+        raise CliError(f"no such file or directory: {args.path}", EXIT_USAGE)
+    app = create_app({"DATA_DIR": directory})
+    try:
+        from werkzeug.serving import make_server
+
+        server = make_server(args.host, args.port, app, threaded=True)
+    except OSError as e:
+        raise CliError(f"cannot listen on {args.host}:{args.port}: {e.strerror} "
+                       "(choose another port with --port)", EXIT_USAGE) from None
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"gpuscope: serving {directory} at http://{host}:{server.port}{page} "
+          "(Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def add_capture_flags(p: argparse.ArgumentParser) -> None:
@@ -225,9 +309,24 @@ def parser() -> argparse.ArgumentParser:
     add_capture_flags(p)
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("report", help="re-run the data-loading analysis on a saved trace")
+    p.add_argument("trace", help="a .pftrace written by gpuscope")
+    p.add_argument("--json", action="store_true", help="print the verdict, steps and evidence as JSON")
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser("doctor", help="check that this machine can capture")
     p.add_argument("-p", "--pid", type=int, help="also check this target process")
     p.set_defaults(func=cmd_doctor)
+    p = sub.add_parser("view", help="serve the web viewer for a directory of captures or a trace")
+    p.add_argument("path", nargs="?", default=".", help="directory or .pftrace file (default: .)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    p.set_defaults(func=cmd_view)
+    p = sub.add_parser("sidecar", help="run beside a training job (Kubernetes pod): metrics, "
+                       "flight recorder, captures on request over HTTP")
+    from .sidecar import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_sidecar)
     return ap
 
 

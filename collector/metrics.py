@@ -1,0 +1,192 @@
+"""Always-on aggregates of the event stream, in Prometheus text format.
+
+Named in the Prometheus / dcgm-exporter style: a `gpuscope_` prefix, base
+units in the name (`_bytes`, `_seconds`, `_ratio`), `_total` for counters.
+Rates (IO bytes/s, launches/s) are `rate()` of the counters, as Prometheus
+intends; step time and data-wait share come from the stall analysis of the
+flight recorder's window (every --analyze-every s) or of the last capture
+(the verdict in its summary.json), with its timestamp.
+
+Cost: one pass over each batch with a type test per event and a few dict
+updates; no per-event allocation. Labels are low-cardinality (probe, call,
+direction, state, gpu): no per-PID series except the target's info line.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+
+from gpuscope.probes.events import CounterSample, Event, Span
+
+READS = {"read", "pread64", "readv", "preadv", "preadv2"}   # probes/io.py IO_KINDS
+WRITES = {"write", "pwrite64", "writev"}
+LAUNCHES = {"cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx"}
+MEMCPY = re.compile(r"^(cudaMemcpy|cuMemcpy)")
+SYNC = re.compile(r"(Synchronize|cuStreamWaitEvent|cudaStreamWaitEvent)")
+GPU_COUNTER = re.compile(r"^GPU(\d+) (.+)$")
+# NVML counter track name suffix -> (metric, scale to base unit)
+GPU_METRICS = {"utilization": ("gpuscope_gpu_utilization_ratio", 0.01),
+               "memory utilization": ("gpuscope_gpu_memory_utilization_ratio", 0.01),
+               "memory used": ("gpuscope_gpu_memory_used_bytes", 1.0),
+               "power": ("gpuscope_gpu_power_watts", 1.0),
+               "SM clock": ("gpuscope_gpu_sm_clock_hertz", 1e6),
+               "temperature": ("gpuscope_gpu_temperature_celsius", 1.0)}
+
+HELP = {
+    "gpuscope_up": ("gauge", "1 while gpuscope is attached to a training process"),
+    "gpuscope_target_info": ("gauge", "The process gpuscope follows (PID in the pod's namespace)"),
+    "gpuscope_target_processes": ("gauge", "Processes of the target tree (main, workers, ranks)"),
+    "gpuscope_target_restarts_total": ("counter", "Times the target exited and a new one was found"),
+    "gpuscope_io_read_bytes_total": ("counter", "Bytes read by the target's read syscalls"),
+    "gpuscope_io_write_bytes_total": ("counter", "Bytes written by the target's write syscalls"),
+    "gpuscope_io_calls_total": ("counter", "IO syscalls of the target, by call"),
+    "gpuscope_io_seconds_total": ("counter", "Time spent in IO syscalls by the target's threads"),
+    "gpuscope_offcpu_seconds_total": ("counter", "Off-CPU time of the target's threads, by state"),
+    "gpuscope_cuda_kernel_launches_total": ("counter", "CUDA kernel launches"),
+    "gpuscope_cuda_calls_total": ("counter", "CUDA runtime/driver calls traced"),
+    "gpuscope_cuda_memcpy_bytes_total": ("counter", "Bytes copied by cudaMemcpy*, by direction"),
+    "gpuscope_cuda_sync_seconds_total": ("counter", "Time the host waited in CUDA synchronisation"),
+    "gpuscope_nccl_calls_total": ("counter", "NCCL collective calls"),
+    "gpuscope_gpu_utilization_ratio": ("gauge", "NVML GPU utilisation (0-1), last sample"),
+    "gpuscope_gpu_memory_utilization_ratio": ("gauge", "NVML memory utilisation (0-1)"),
+    "gpuscope_gpu_memory_used_bytes": ("gauge", "NVML memory used"),
+    "gpuscope_gpu_power_watts": ("gauge", "NVML power draw"),
+    "gpuscope_gpu_sm_clock_hertz": ("gauge", "NVML SM clock"),
+    "gpuscope_gpu_temperature_celsius": ("gauge", "NVML GPU temperature"),
+    "gpuscope_probe_events_total": ("counter", "Events delivered by each probe"),
+    "gpuscope_probe_events_lost_total": ("counter", "Events each probe could not deliver"),
+    "gpuscope_events_total": ("counter", "Events seen by the always-on monitor"),
+    "gpuscope_flight_recorder_events": ("gauge", "Events kept by the flight recorder"),
+    "gpuscope_flight_recorder_bytes": ("gauge", "Estimated memory held by the flight recorder"),
+    "gpuscope_flight_recorder_window_seconds": ("gauge", "Time span the flight recorder holds"),
+    "gpuscope_captures_total": ("counter", "Captures finished, by state"),
+    "gpuscope_capture_running": ("gauge", "1 while a capture is being written"),
+    "gpuscope_data_wait_ratio": ("gauge", "Share of step time the main thread waited for data "
+                                 "(last stall analysis: flight recorder window or capture)"),
+    "gpuscope_step_seconds": ("gauge", "Median training step time (last stall analysis)"),
+    "gpuscope_last_verdict_timestamp_seconds": ("gauge", "When the verdict above was computed"),
+    "gpuscope_analysis_seconds": ("gauge", "CPU time of the last always-on stall analysis"),
+}
+
+
+def _esc(v: str) -> str:
+    return str(v).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class Metrics:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.values: dict[tuple[str, tuple], float] = {}
+        self.events = 0
+
+    # -- updates -------------------------------------------------------------
+    def _inc(self, name: str, labels: tuple = (), by: float = 1.0) -> None:
+        k = (name, labels)
+        self.values[k] = self.values.get(k, 0.0) + by
+
+    def set(self, name: str, value: float, labels: tuple = ()) -> None:
+        with self._lock:
+            self.values[(name, labels)] = float(value)
+
+    def clear(self, name: str) -> None:
+        with self._lock:
+            for k in [k for k in self.values if k[0] == name]:
+                del self.values[k]
+
+    def inc(self, name: str, labels: tuple = (), by: float = 1.0) -> None:
+        with self._lock:
+            self._inc(name, labels, by)
+
+    def observe(self, batch: list[Event]) -> None:
+        """Folds one batch of events into the aggregates."""
+        inc = self._inc
+        with self._lock:
+            self.events += len(batch)
+            for ev in batch:
+                t = type(ev)
+                if t is Span:
+                    cat = ev.cat
+                    dur = (ev.end - ev.start) / 1e9
+                    if cat == "io":
+                        name = ev.name
+                        inc("gpuscope_io_calls_total", (("call", name),))
+                        inc("gpuscope_io_seconds_total", (), dur)
+                        ret = ev.args.get("bytes", 0)
+                        if type(ret) is int and ret > 0:
+                            if name in READS:
+                                inc("gpuscope_io_read_bytes_total", (), ret)
+                            elif name in WRITES:
+                                inc("gpuscope_io_write_bytes_total", (), ret)
+                    elif cat == "sched":
+                        inc("gpuscope_offcpu_seconds_total", (("state", ev.name),), dur)
+                    elif cat == "cuda":
+                        name = ev.name
+                        inc("gpuscope_cuda_calls_total")
+                        if name in LAUNCHES:
+                            inc("gpuscope_cuda_kernel_launches_total")
+                        elif MEMCPY.match(name):
+                            n = ev.args.get("bytes", 0)
+                            if type(n) is int and n > 0:
+                                kind = str(ev.args.get("kind", "unknown")).lower()
+                                inc("gpuscope_cuda_memcpy_bytes_total", (("direction", kind),), n)
+                        if SYNC.search(name):
+                            inc("gpuscope_cuda_sync_seconds_total", (), dur)
+                    elif cat == "nccl":
+                        inc("gpuscope_nccl_calls_total")
+                elif t is CounterSample and ev.pid == 0:
+                    m = GPU_COUNTER.match(ev.track)
+                    if m and m.group(2) in GPU_METRICS:
+                        metric, scale = GPU_METRICS[m.group(2)]
+                        self.values[(metric, (("gpu", m.group(1)),))] = ev.value * scale
+
+    def update_from_summary(self, summary: dict) -> None:
+        """Step time and data-wait share from a capture's verdict, when it has them."""
+        verdict = summary.get("verdict")
+        if not isinstance(verdict, dict):
+            return
+        wait = find_number(verdict, ("data_wait_share", "data_wait_ratio"))
+        step = find_number(verdict, ("step_time_s", "step_s", "median_step_s"))
+        if step is None:
+            ms = find_number(verdict, ("step_ms_median", "step_ms"))
+            step = None if ms is None else ms / 1000.0
+        if wait is not None:
+            self.set("gpuscope_data_wait_ratio", wait / 100.0 if wait > 1.0 else wait)
+        if step is not None:
+            self.set("gpuscope_step_seconds", step)
+        if wait is not None or step is not None:
+            self.set("gpuscope_last_verdict_timestamp_seconds", time.time())
+
+    # -- exposition ------------------------------------------------------------
+    def render(self) -> str:
+        with self._lock:
+            items = sorted(self.values.items())
+        by_name: dict[str, list] = {}
+        for (name, labels), v in items:
+            by_name.setdefault(name, []).append((labels, v))
+        lines = []
+        for name in sorted(by_name):
+            kind, help_ = HELP.get(name, ("gauge", name))
+            lines.append(f"# HELP {name} {help_}")
+            lines.append(f"# TYPE {name} {kind}")
+            for labels, v in by_name[name]:
+                lab = ",".join(f'{k}="{_esc(val)}"' for k, val in labels)
+                lines.append(f"{name}{{{lab}}} {v!r}" if lab else f"{name} {v!r}")
+        return "\n".join(lines) + "\n"
+
+
+def find_number(doc, keys: tuple[str, ...], depth: int = 0) -> float | None:
+    """The first numeric value under one of `keys`, searched breadth-first."""
+    if depth > 3 or not isinstance(doc, dict):
+        return None
+    for k in keys:
+        v = doc.get(k)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+    for v in doc.values():
+        if isinstance(v, dict):
+            r = find_number(v, keys, depth + 1)
+            if r is not None:
+                return r
+    return None

@@ -1,0 +1,424 @@
+"""PID namespaces: eBPF sees kernel (init-namespace) PIDs, a sidecar sees its pod's.
+
+In a pod with `shareProcessNamespace: true` gpuscope's /proc is the pod's, so
+/proc/PID, process_vm_readv and everything a user reads use the pod's PIDs,
+while bpf_get_current_pid_tgid() and the tracked map use the kernel's. The
+host's procfs, mounted read-only (hostPath /proc -> /host/proc), shows both:
+/host/proc/K/status has `NSpid: K ... N`, and /host/proc/K/ns/pid says which
+namespace N belongs to. That is the translation table; nothing in the BPF
+programs changes.
+
+Everything gpuscope does above the BPF boundary then runs on namespace PIDs:
+`NamespacedKernelProbes` translates namespace -> kernel where PIDs go into the
+kernel (the tracked map) and kernel -> namespace in every ring-buffer record
+*before* the probe decodes it, so the probes' own /proc reads (fd tables, maps
+of GPU libraries, thread names) use the right PIDs too. Other sources that
+report kernel PIDs (NVML) are wrapped in `TranslatedSource`.
+
+A record whose task exited before it could be translated (a thread that lived
+less than one poll) is dropped and counted as a loss of source "pidns".
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import os
+import time
+from collections.abc import Iterable
+
+from gpuscope.probes.events import (
+    CounterSample,
+    Event,
+    Instant,
+    Loss,
+    Span,
+    StackSample,
+    ThreadName,
+)
+from gpuscope.probes.kernel import KernelProbes
+from gpuscope.probes.source import Source, SourceError
+
+INIT_PIDNS_INO = 0xEFFFFFFC   # PROC_PID_INIT_INO: the initial PID namespace
+DEFAULT_HOST_PROC = "/host/proc"
+CACHE_MAX = 65536
+NEGATIVE_TTL_S = 2.0          # "not in our namespace" answers are re-checked after this
+
+# Record fields holding a PID or TID; required ones make the record useless untranslated.
+ID_FIELDS = {"pid": True, "tid": True, "ppid": True, "waker_pid": False, "waker_tid": False}
+PROC_EXIT = 4                 # proc.h PROC_EXIT
+
+
+class PidNamespace:
+    """Translates between kernel PIDs/TIDs and those of one PID namespace."""
+
+    def __init__(self, host_proc: str, ns_ino: int, ns_dev: int):
+        self.host_proc = host_proc
+        self.ns = (ns_dev, ns_ino)
+        self._to_ns: dict[int, int] = {}
+        self._to_kernel: dict[int, int] = {}
+        self._negative: dict[int, float] = {}
+        self._ns_negative: dict[int, float] = {}
+        self.lookups = 0
+
+    @classmethod
+    def detect(cls, host_proc: str | None = None) -> PidNamespace | None:
+        """The namespace gpuscope runs in, or None when it is the initial one
+        (kernel PIDs are then its own). Raises SourceError with advice when a
+        translation is needed but no host procfs is mounted."""
+        st = os.stat("/proc/self/ns/pid")
+        if st.st_ino == INIT_PIDNS_INO and host_proc is None:
+            return None
+        path = host_proc or DEFAULT_HOST_PROC
+        try:
+            # PID 2 is kthreadd in the initial namespace's procfs (PID 1 may deny access).
+            host2 = os.stat(f"{path}/2/ns/pid")
+            os.readlink(f"{path}/self")
+        except OSError as e:
+            raise SourceError(
+                "gpuscope runs in a PID namespace (a pod), but eBPF reports the kernel's "
+                f"PIDs; it needs the host's /proc to translate them and {path} is not usable "
+                f"({e.strerror or e}): mount hostPath /proc read-only at {DEFAULT_HOST_PROC} "
+                "(see docs/sidecar.md) or pass --host-proc") from None
+        if host2.st_ino != INIT_PIDNS_INO:
+            raise SourceError(f"{path} is not the host's procfs (its PID 2 is not in the "
+                              "initial PID namespace): mount the host's /proc there")
+        if st.st_ino == INIT_PIDNS_INO:
+            return None
+        return cls(path, st.st_ino, st.st_dev)
+
+    # -- lookups -------------------------------------------------------------
+    def _read(self, kid: int) -> int | None:
+        """The namespace id of kernel id `kid` (process or thread), from the host procfs."""
+        self.lookups += 1
+        base = f"{self.host_proc}/{kid}"
+        try:
+            st = os.stat(f"{base}/ns/pid")
+            if (st.st_dev, st.st_ino) != self.ns:
+                return None
+            with open(f"{base}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"NSpid:"):
+                        ids = line.split()[1:]
+                        if int(ids[0]) != kid:
+                            return None
+                        return int(ids[-1])
+        except (OSError, ValueError, IndexError):
+            return None
+        return None
+
+    def _remember(self, kid: int, nid: int) -> None:
+        if len(self._to_ns) >= CACHE_MAX:
+            for k in list(self._to_ns)[: CACHE_MAX // 2]:
+                self._to_kernel.pop(self._to_ns.pop(k), None)
+        old = self._to_kernel.get(nid)
+        if old is not None and old != kid:
+            self._to_ns.pop(old, None)
+        self._to_ns[kid] = nid
+        self._to_kernel[nid] = kid
+        self._negative.pop(kid, None)
+        self._ns_negative.pop(nid, None)
+
+    def to_ns(self, kid: int) -> int | None:
+        nid = self._to_ns.get(kid)
+        if nid is not None:
+            return nid
+        t = self._negative.get(kid)
+        if t is not None and time.monotonic() - t < NEGATIVE_TTL_S:
+            return None
+        nid = self._read(kid)
+        if nid is None:
+            if len(self._negative) >= CACHE_MAX:
+                self._negative.clear()
+            self._negative[kid] = time.monotonic()
+            return None
+        self._remember(kid, nid)
+        return nid
+
+    def to_kernel(self, nid: int) -> int | None:
+        kid = self._to_kernel.get(nid)
+        if kid is not None and self._to_ns.get(kid) == nid:
+            return kid
+        # One pass over the host procfs per miss, but not again and again for
+        # an id that is not in the namespace.
+        t = self._ns_negative.get(nid)
+        if t is not None and time.monotonic() - t < NEGATIVE_TTL_S:
+            return None
+        self.scan()
+        kid = self._to_kernel.get(nid)
+        if kid is None:
+            self._ns_negative[nid] = time.monotonic()
+        return kid
+
+    def forget(self, kid: int) -> None:
+        """A task exited: its ids may be reused."""
+        nid = self._to_ns.pop(kid, None)
+        if nid is not None and self._to_kernel.get(nid) == kid:
+            del self._to_kernel[nid]
+
+    def scan(self) -> None:
+        """Learns every process and thread of the namespace (one pass over the host procfs)."""
+        if len(self._ns_negative) > 4096:
+            self._ns_negative.clear()
+        try:
+            names = os.listdir(self.host_proc)
+        except OSError:
+            return
+        for name in names:
+            if not name.isdigit():
+                continue
+            kid = int(name)
+            nid = self._read(kid)
+            if nid is None:
+                continue
+            self._remember(kid, nid)
+            self.learn_threads(kid)
+
+    def learn_threads(self, kpid: int) -> None:
+        try:
+            tids = os.listdir(f"{self.host_proc}/{kpid}/task")
+        except OSError:
+            return
+        for t in tids:
+            ktid = int(t)
+            if ktid not in self._to_ns:
+                nid = self._read(ktid)
+                if nid is not None:
+                    self._remember(ktid, nid)
+
+
+# -- the eBPF source in namespace PIDs -----------------------------------------
+
+class _Tracked:
+    """The tracked map as namespace PIDs (keys are kernel tgids in the kernel)."""
+
+    def __init__(self, table, ns: PidNamespace):
+        self._t, self._ns = table, ns
+
+    def __setitem__(self, key, value) -> None:
+        kid = self._ns.to_kernel(key.value)
+        if kid is not None:
+            self._t[ct.c_uint32(kid)] = value
+            self._ns.learn_threads(kid)
+
+    def __delitem__(self, key) -> None:
+        kid = self._ns.to_kernel(key.value)
+        if kid is None:
+            raise KeyError(key.value)
+        del self._t[ct.c_uint32(kid)]
+
+    def keys(self) -> list:
+        out = []
+        for k in self._t.keys():
+            nid = self._ns.to_ns(k.value)
+            if nid is not None:
+                out.append(ct.c_uint32(nid))
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self._t, name)
+
+
+class _Ring:
+    """A ring buffer whose records are rewritten to namespace ids before decoding."""
+
+    def __init__(self, table, owner: NamespacedKernelProbes, name: str):
+        self._t, self._owner, self._name = table, owner, name
+        self._cls = None
+        self._fields: list[tuple[str, bool]] = []
+
+    def open_ring_buffer(self, callback, ctx=None):
+        ns, owner = self._owner.pidns, self._owner
+
+        def translated(cctx, data, size):
+            if self._cls is None:
+                self._cls = type(self._t.event(data))
+                names = {f[0] for f in self._cls._fields_}
+                self._fields = [(n, req) for n, req in ID_FIELDS.items() if n in names]
+            cls = self._cls
+            buf = (ct.c_char * max(size, ct.sizeof(cls)))()
+            ct.memmove(buf, data, size)
+            ev = cls.from_buffer(buf)
+            for name, required in self._fields:
+                kid = getattr(ev, name)
+                if not kid:
+                    continue
+                if getattr(cls, name).offset + 4 > size:
+                    continue
+                nid = ns.to_ns(kid)
+                if nid is None:
+                    if required:
+                        owner.untranslated(self._name, name, kid)
+                        return 0
+                    nid = 0
+                setattr(ev, name, nid)
+            ret = callback(cctx, ct.addressof(buf), size)
+            if self._name == "proc_events" and ev.kind == PROC_EXIT:
+                owner.exited.append(ev.tid)
+            return ret
+
+        return self._t.open_ring_buffer(translated, ctx)
+
+    def __getattr__(self, name):
+        return getattr(self._t, name)
+
+
+class _Bpf:
+    """BCC's BPF object as gpuscope's probes see it inside a PID namespace."""
+
+    def __init__(self, bpf, owner: NamespacedKernelProbes):
+        self._bpf, self._owner = bpf, owner
+        self._views: dict[str, object] = {}
+
+    def __getitem__(self, name: str):
+        v = self._views.get(name)
+        if v is None:
+            t = self._bpf[name]
+            if name == "tracked":
+                v = _Tracked(t, self._owner.pidns)
+            elif name in self._owner.rings:
+                v = _Ring(t, self._owner, name)
+            else:
+                return t
+            self._views[name] = v
+        return v
+
+    def __getattr__(self, name):
+        return getattr(self._bpf, name)
+
+
+class NamespacedKernelProbes(KernelProbes):
+    """KernelProbes taking and reporting namespace PIDs. The probes are unchanged:
+    only the BPF object they are handed (self.bpf) is a translating view."""
+
+    def __init__(self, probes, pidns: PidNamespace, extra_cflags: Iterable[str] = ()):
+        self.pidns = pidns
+        self.rings = {p.ring for p in probes if p.ring}
+        self.exited: list[int] = []
+        self._untranslated = self._reported = 0
+        self._view = None
+        super().__init__(probes, extra_cflags)
+
+    @property
+    def bpf(self):
+        return self._view
+
+    @bpf.setter
+    def bpf(self, value) -> None:
+        self._view = None if value is None else _Bpf(value, self)
+
+    def untranslated(self, ring: str, field: str, kid: int) -> None:
+        self._untranslated += 1
+
+    def start(self, pids: Iterable[int]) -> None:
+        self.pidns.scan()
+        super().start(pids)
+
+    def poll(self, timeout_s: float) -> list[Event]:
+        out = super().poll(timeout_s)
+        self._forget_exited(out)
+        return out
+
+    def drain(self) -> list[Event]:
+        out = super().drain()
+        self._forget_exited(out)
+        return out
+
+    def _forget_exited(self, out: list[Event]) -> None:
+        if self._untranslated > self._reported:
+            out.append(Loss("pidns", time.monotonic_ns(), self._untranslated - self._reported,
+                            "task exited before its PID could be translated"))
+            self._reported = self._untranslated
+        exited, self.exited = self.exited, []
+        for nid in exited:
+            kid = self.pidns._to_kernel.get(nid)
+            if kid is not None:
+                self.pidns.forget(kid)
+
+    def stats(self) -> dict[str, int]:
+        st = super().stats()
+        st["pidns.lost"] = self._untranslated
+        st["lost"] += self._untranslated
+        return st
+
+
+# -- any other source reporting kernel PIDs ----------------------------------
+
+class TranslatedSource(Source):
+    """Wraps a source that takes and reports kernel PIDs (NVML's per-process
+    counters) so it takes and reports namespace PIDs."""
+
+    def __init__(self, inner: Source, pidns: PidNamespace):
+        self.inner, self.pidns = inner, pidns
+        self.name = inner.name
+        self.dropped = 0
+
+    def _k(self, pids: Iterable[int]) -> list[int]:
+        return [k for k in (self.pidns.to_kernel(p) for p in pids) if k is not None]
+
+    def start(self, pids: Iterable[int]) -> None:
+        self.inner.start(self._k(pids))
+
+    def add_process(self, pid: int) -> None:
+        for k in self._k([pid]):
+            self.inner.add_process(k)
+
+    def remove_process(self, pid: int) -> None:
+        for k in self._k([pid]):
+            self.inner.remove_process(k)
+
+    def poll(self, timeout_s: float) -> list[Event]:
+        return self._map(self.inner.poll(timeout_s))
+
+    def drain(self) -> list[Event]:
+        drain = getattr(self.inner, "drain", None)
+        return self._map(drain()) if drain else []
+
+    def _map(self, batch: list[Event]) -> list[Event]:
+        out = []
+        ns = self.pidns.to_ns
+        for ev in batch:
+            t = type(ev)
+            if t is CounterSample:
+                if ev.pid:
+                    p = ns(ev.pid)
+                    if p is None:
+                        self.dropped += 1
+                        continue
+                    ev.pid = p
+            elif t in (Span, Instant, StackSample, ThreadName):
+                p = ns(ev.pid) if ev.pid else 0
+                tid = ns(ev.tid) if ev.tid else 0
+                if p is None or tid is None:
+                    self.dropped += 1
+                    continue
+                ev.pid, ev.tid = p, tid
+                if t is Instant and "child" in ev.args:
+                    ev.args["child"] = ns(ev.args["child"]) or 0
+            out.append(ev)
+        return out
+
+    def stop(self) -> None:
+        self.inner.stop()
+
+    def stats(self) -> dict[str, int]:
+        st = dict(self.inner.stats())
+        st["lost"] = st.get("lost", 0) + self.dropped
+        return st
+
+    def notices(self) -> list[str]:
+        return self.inner.notices()
+
+
+def namespaced(sources: list[Source], pidns: PidNamespace | None) -> list[Source]:
+    """The sources as they must run inside `pidns` (unchanged when None)."""
+    if pidns is None:
+        return sources
+    out: list[Source] = []
+    for src in sources:
+        if type(src) is KernelProbes:
+            out.append(NamespacedKernelProbes(src.probes, pidns, src.extra_cflags))
+        elif src.name == "nvml":
+            out.append(TranslatedSource(src, pidns))
+        else:
+            out.append(src)  # sources reading /proc themselves (the sampler) already see ours
+    return out

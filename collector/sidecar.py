@@ -1,0 +1,251 @@
+"""`gpuscope sidecar`: runs beside a training job (a container in its pod, with
+`shareProcessNamespace: true`), always on at low cost.
+
+It wires the parts together: discovery (discover.py) and the always-on
+monitor (monitor.py) with the probes translated to the pod's PIDs
+(pidns.py), Prometheus metrics (metrics.py), the flight recorder
+(flightrec.py), captures on request (captures.py) and the HTTP API (api.py).
+See docs/sidecar.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+
+EXIT_USAGE, EXIT_FAILED = 2, 1   # as collector/cli.py
+
+
+class CliError(Exception):
+    """An expected failure: one line of advice; `gpuscope sidecar` exits with `code`.
+    (Its own class: `python -m gpuscope.collector.cli` loads cli.py twice.)"""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED):
+        super().__init__(message)
+        self.code = code
+
+DEFAULT_LISTEN = "0.0.0.0:9400"
+DEFAULT_CAPTURES = "/var/lib/gpuscope/captures"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--match", metavar="REGEX", help="the training process is the one whose "
+                   "command line matches REGEX (default: a Python process with PyTorch/CUDA "
+                   "libraries mapped)")
+    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
+                   help=f"API address (default {DEFAULT_LISTEN})")
+    p.add_argument("--token-file", metavar="FILE", help="bearer token for the API "
+                   "(default: the GPUSCOPE_TOKEN environment variable)")
+    p.add_argument("--no-auth", action="store_true",
+                   help="serve the API without a token (only behind another guard)")
+    p.add_argument("--metrics-auth", action="store_true",
+                   help="require the token on /metrics too (default: open, for scrapers)")
+    p.add_argument("--captures", default=DEFAULT_CAPTURES, metavar="DIR",
+                   help=f"where captures are written (default {DEFAULT_CAPTURES})")
+    p.add_argument("--keep", type=int, default=20, help="captures kept on disk (default 20)")
+    p.add_argument("--flight-seconds", type=float, default=60.0,
+                   help="flight recorder window, seconds; 0 turns it off (default 60)")
+    p.add_argument("--flight-max-events", type=int, default=500_000,
+                   help="flight recorder bound, events (default 500000)")
+    p.add_argument("--flight-max-mb", type=int, default=256,
+                   help="flight recorder bound, estimated MiB (default 256)")
+    p.add_argument("--max-duration", type=float, default=3600.0,
+                   help="longest capture accepted, seconds (default 3600)")
+    p.add_argument("--host-proc", metavar="DIR", help="the host's procfs, to translate kernel "
+                   "PIDs to the pod's (default /host/proc when gpuscope runs in a PID namespace)")
+    p.add_argument("--viewer", action="store_true", help="serve the web viewer under /viewer/")
+    # Probe selection, as for `gpuscope attach`.
+    p.add_argument("--sched", action=argparse.BooleanOptionalAction, default=True,
+                   help="trace off-CPU waits (default on)")
+    p.add_argument("--min-offcpu-us", type=int, default=200,
+                   help="shortest off-CPU wait to record, µs (default 200: cheaper always-on)")
+    p.add_argument("--cuda", action=argparse.BooleanOptionalAction, default=True,
+                   help="trace CUDA runtime and driver calls (default on)")
+    p.add_argument("--nccl", action=argparse.BooleanOptionalAction, default=True,
+                   help="trace NCCL collectives (default on)")
+    p.add_argument("--nvml", action=argparse.BooleanOptionalAction, default=True,
+                   help="poll NVML GPU counters (default on)")
+    p.add_argument("--nvml-hz", type=float, default=2.0, help="NVML polling rate (default 2)")
+    p.add_argument("--python", action=argparse.BooleanOptionalAction, default=True,
+                   help="sample Python stacks (default on; needed for the verdict)")
+    p.add_argument("-r", "--rate", type=float, default=50,
+                   help="Python stack samples per second (default 50: cheaper always-on)")
+    p.add_argument("--analyze-every", type=float, default=30.0, metavar="S",
+                   help="run the stall analysis over the flight recorder every S seconds, "
+                   "for the data-wait and step-time metrics; 0: only on captures (default 30)")
+
+
+def capture_args(args) -> argparse.Namespace:
+    """`args` completed with the defaults of every `gpuscope attach` flag the
+    sidecar does not set itself, so build_sources() sees what it expects."""
+    from .cli import add_capture_flags
+
+    p = argparse.ArgumentParser(add_help=False)
+    add_capture_flags(p)
+    merged = vars(p.parse_args([]))
+    merged.update(vars(args))
+    merged["ebpf"] = False
+    return argparse.Namespace(**merged)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise CliError(f"--listen {text!r}: expected HOST:PORT, e.g. 0.0.0.0:9400", EXIT_USAGE)
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def load_token(args) -> str | None:
+    token = None
+    if args.token_file:
+        try:
+            with open(args.token_file) as f:
+                token = f.read().strip()
+        except OSError as e:
+            raise CliError(f"cannot read --token-file {args.token_file}: {e.strerror}",
+                           EXIT_USAGE) from None
+        if not token:
+            raise CliError(f"--token-file {args.token_file} is empty", EXIT_USAGE)
+    elif os.environ.get("GPUSCOPE_TOKEN", "").strip():
+        token = os.environ["GPUSCOPE_TOKEN"].strip()
+    if args.no_auth:
+        if token:
+            raise CliError("--no-auth given together with a token: choose one", EXIT_USAGE)
+        return None
+    if not token:
+        raise CliError("refusing to serve the API without a token: set GPUSCOPE_TOKEN or "
+                       "--token-file (a Kubernetes Secret), or pass --no-auth explicitly",
+                       EXIT_USAGE)
+    return token
+
+
+def log(msg: str) -> None:
+    sys.stderr.write(f"{time.strftime('%H:%M:%S')} gpuscope sidecar: {msg}\n")
+    sys.stderr.flush()
+
+
+def _quiet_handler():
+    from werkzeug.serving import WSGIRequestHandler
+
+    class Quiet(WSGIRequestHandler):
+        def log_request(self, code="-", size="-"):
+            if str(code).startswith(("4", "5")) and not self.path.startswith("/healthz"):
+                super().log_request(code, size)
+
+    return Quiet
+
+
+def analyze_loop(monitor, flight, metrics, rate_hz: float, every_s: float) -> None:
+    """Always-on data-wait share and step time: the stall analysis over the
+    flight recorder's window (bounded by it), every `every_s` seconds."""
+    try:
+        from .stalls import StallAnalysis
+    except ImportError as e:
+        log(f"stall analysis unavailable ({e}): data-wait metrics only from captures")
+        return
+    while True:
+        time.sleep(every_s)
+        pid = monitor.target
+        if pid is None:
+            continue
+        try:
+            t0 = time.monotonic()
+            analysis = StallAnalysis(pid, rate_hz=rate_hz)
+            analysis.feed(flight.snapshot(time.monotonic_ns()))
+            metrics.update_from_summary(analysis.result())
+            metrics.set("gpuscope_analysis_seconds", time.monotonic() - t0)
+        except Exception as e:  # never let the analysis take the sidecar down
+            log(f"stall analysis failed: {type(e).__name__}: {e}")
+
+
+class Sidecar:
+    """What the API reaches: the monitor, the captures, the metrics."""
+
+    def __init__(self, monitor, captures, metrics, pidns_note: str):
+        self.monitor, self.captures, self.metrics = monitor, captures, metrics
+        self.pidns_note = pidns_note
+
+
+def run(args) -> int:
+    import re
+
+    from werkzeug.serving import make_server
+
+    from gpuscope.probes.source import SourceError
+
+    from .api import create_app, with_viewer
+    from .captures import Captures
+    from .cli import build_sources, check_privileges
+    from .discover import find_target, own_tree
+    from .flightrec import FlightRecorder
+    from .metrics import Metrics
+    from .monitor import Monitor
+    from .pidns import PidNamespace, namespaced
+
+    args = capture_args(args)
+    token = load_token(args)
+    host, port = parse_listen(args.listen)
+    try:
+        match = re.compile(args.match) if args.match else None
+    except re.error as e:
+        raise CliError(f"--match {args.match!r}: {e}", EXIT_USAGE) from None
+    if args.flight_seconds < 0 or args.max_duration <= 0:
+        raise CliError("--flight-seconds must be >= 0 and --max-duration > 0", EXIT_USAGE)
+    try:
+        check_privileges()
+    except Exception as e:  # cli.CliError, possibly of another copy of cli.py
+        raise CliError(str(e), getattr(e, "code", EXIT_FAILED)) from None
+    try:
+        pidns = PidNamespace.detect(args.host_proc)
+    except SourceError as e:
+        raise CliError(str(e)) from None
+    note = ("initial namespace: kernel PIDs used as they are" if pidns is None else
+            f"pod namespace (inode {pidns.ns[1]}): kernel PIDs translated via "
+            f"{pidns.host_proc}")
+    try:
+        os.makedirs(args.captures, exist_ok=True)
+    except OSError as e:
+        raise CliError(f"cannot create --captures {args.captures}: {e.strerror}",
+                       EXIT_USAGE) from None
+
+    metrics = Metrics()
+    flight = FlightRecorder(args.flight_seconds, args.flight_max_events,
+                            args.flight_max_mb << 20)
+    monitor = Monitor(lambda: namespaced(build_sources(args), pidns),
+                      lambda: find_target(match, own_tree()), metrics, flight, log)
+    captures = Captures(monitor, args.captures, metrics, keep=args.keep,
+                        max_duration_s=args.max_duration,
+                        analysis_rate_hz=args.rate if args.python else None)
+    app = create_app(Sidecar(monitor, captures, metrics, note), token, args.metrics_auth)
+    wsgi = with_viewer(app, args.captures, token, log) if args.viewer else app
+    try:
+        server = make_server(host, port, wsgi, threaded=True, request_handler=_quiet_handler())
+    except OSError as e:
+        raise CliError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+
+    def shutdown(signum, _frame):
+        log(f"{signal.Signals(signum).name}: finishing captures and detaching")
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    log(f"PID namespace: {note}")
+    log(f"looking for the training process ({'--match ' + args.match if match else 'Python with torch/CUDA libraries'}); "
+        f"API on http://{host}:{server.server_port} ({'token required' if token else 'NO AUTH'})")
+    monitor.start()
+    if args.analyze_every > 0 and args.python and flight.enabled:
+        threading.Thread(target=analyze_loop, args=(monitor, flight, metrics, args.rate,
+                                                     args.analyze_every),
+                         name="gpuscope-analysis", daemon=True).start()
+    try:
+        server.serve_forever()
+    finally:
+        captures.stop_all("sidecar stopping")
+        captures.wait_idle()
+        monitor.stop()
+        server.server_close()
+    return 0

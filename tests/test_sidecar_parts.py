@@ -1,0 +1,125 @@
+"""The sidecar's parts on their own: PID translation against a real PID
+namespace, the flight recorder's bounds, the metrics' text format, and the
+refusal to serve without a token."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gpuscope.collector.flightrec import FlightRecorder
+from gpuscope.collector.metrics import Metrics
+from gpuscope.collector.pidns import PidNamespace
+from gpuscope.probes.events import CounterSample, Span
+
+
+def test_translation_against_a_real_pid_namespace():
+    """A namespace made with unshare, seen from outside through /proc: the same
+    table the sidecar builds from /host/proc inside a pod."""
+    child = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c",
+                              "sleep 30 & sleep 30 & wait"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        inner = []
+        while time.monotonic() < deadline and len(inner) < 3:
+            inner = [int(p) for p in os.listdir("/proc") if p.isdigit()
+                     and _parent_chain_has(int(p), child.pid) and int(p) != child.pid]
+            time.sleep(0.05)
+        assert len(inner) >= 3, inner   # sh (ns PID 1) and two sleeps
+        st = os.stat(f"/proc/{inner[0]}/ns/pid")
+        ns = PidNamespace("/proc", st.st_ino, st.st_dev)
+        ns.scan()
+        got = {k: ns.to_ns(k) for k in inner}
+        assert sorted(got.values()) == [1, 2, 3]
+        for k, n in got.items():
+            assert ns.to_kernel(n) == k
+        assert ns.to_ns(os.getpid()) is None     # not in that namespace
+        assert ns.to_kernel(999_999) is None
+        sh = next(k for k, n in got.items() if n == 1)
+        ns.forget(sh)
+        assert ns.to_kernel(1) == sh              # re-learnt from /proc
+    finally:
+        os.killpg(child.pid, 9)
+        child.wait()
+
+
+def _parent_chain_has(pid: int, ancestor: int) -> bool:
+    for _ in range(6):
+        try:
+            text = open(f"/proc/{pid}/stat").read()
+        except OSError:
+            return False
+        pid = int(text.rsplit(")", 1)[1].split()[1])
+        if pid == ancestor:
+            return True
+        if pid <= 1:
+            return False
+    return False
+
+
+def test_detect_refuses_a_procfs_that_is_not_the_hosts(tmp_path):
+    from gpuscope.probes.source import SourceError
+
+    with pytest.raises(SourceError, match="hostPath /proc"):
+        PidNamespace.detect(str(tmp_path))
+    assert PidNamespace.detect(None) is None   # the tests run in the initial namespace
+
+
+def span(ts: int, n: int = 0) -> Span:
+    return Span("io", "read", 10, 11, ts, ts + 1000, {"fd": 3, "bytes": n, "path": "/d/x"})
+
+
+def test_flight_recorder_keeps_a_bounded_recent_window():
+    s = 1_000_000_000
+    fr = FlightRecorder(seconds=5, max_events=1000, max_bytes=1 << 30)
+    for i in range(20):                       # 20 s of 10-event batches
+        fr.add([span(i * s + j) for j in range(10)], now_ns=i * s)
+    snap = fr.snapshot(now_ns=19 * s)
+    assert snap and min(e.ts for e in snap) >= 14 * s
+    assert [e.ts for e in snap] == sorted(e.ts for e in snap)
+    fr = FlightRecorder(seconds=3600, max_events=50, max_bytes=1 << 30)
+    for i in range(20):
+        fr.add([span(i * s + j) for j in range(10)], now_ns=i * s)
+    assert fr.events <= 50 and len(fr.snapshot(20 * s)) <= 50 and fr.evicted >= 150
+    fr = FlightRecorder(seconds=3600, max_events=10**9, max_bytes=20_000)
+    for i in range(100):
+        fr.add([span(i * s + j) for j in range(10)], now_ns=i * s)
+    assert fr.bytes <= 20_000 and fr.snapshot(100 * s)[-1].ts == 99 * s + 9
+
+
+def test_metrics_text_format_parses():
+    m = Metrics()
+    m.observe([span(1, 4096), span(2, 100),
+               Span("cuda", "cudaLaunchKernel", 10, 11, 3, 4, {"kernel": "k"}),
+               Span("cuda", "cudaMemcpy", 10, 11, 5, 9, {"kind": "HtoD", "bytes": 1 << 20}),
+               CounterSample("GPU0 utilization", "%", 6, 87.0)])
+    m.set("gpuscope_target_info", 1, (("pid", "7"), ("comm", 'we"ird\\name')))
+    m.update_from_summary({"verdict": {"data_wait_share": 0.31, "step_ms_median": 120.0}})
+    fams = {f.name: f for f in text_string_to_metric_families(m.render())}
+    val = {s.name: s.value for f in fams.values() for s in f.samples}
+    assert val["gpuscope_io_read_bytes_total"] == 4196
+    assert fams["gpuscope_io_read_bytes"].type == "counter"
+    assert val["gpuscope_cuda_kernel_launches_total"] == 1
+    assert val["gpuscope_gpu_utilization_ratio"] == pytest.approx(0.87)
+    assert val["gpuscope_data_wait_ratio"] == pytest.approx(0.31)
+    assert val["gpuscope_step_seconds"] == pytest.approx(0.12)
+    info = next(s for s in fams["gpuscope_target_info"].samples)
+    assert info.labels == {"pid": "7", "comm": 'we"ird\\name'}
+
+
+def test_sidecar_refuses_to_start_without_a_token(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "GPUSCOPE_TOKEN"}
+    cmd = [sys.executable, "-m", "gpuscope.collector.cli", "sidecar", "--captures",
+           str(tmp_path)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "refusing to serve the API without a token" in r.stderr
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    r = subprocess.run(cmd + ["--token-file", str(empty)], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "is empty" in r.stderr
