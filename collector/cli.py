@@ -271,28 +271,36 @@ def cmd_view(args) -> int:
     return 0
 
 
-def add_capture_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-o", "--output", help="trace file (.pftrace); default gpuscope-PID-TIME.pftrace")
-    p.add_argument("-d", "--duration", type=float, help="seconds to capture (default: until "
-                   "Ctrl-C or the target exits)")
-    p.add_argument("--subprocesses", action=argparse.BooleanOptionalAction, default=True,
-                   help="follow child processes: DataLoader workers, ranks (default on)")
+def add_probe_flags(p: argparse.ArgumentParser, min_offcpu_us: int = 50, nvml_hz: float = 10.0,
+                    rate: float = 100, cheaper: str = "") -> None:
+    """Which sources run, for `attach`/`run` and (with cheaper always-on
+    defaults) the sidecar."""
+    why = f": {cheaper}" if cheaper else ""
     p.add_argument("--sched", action=argparse.BooleanOptionalAction, default=True,
                    help="trace off-CPU waits (default on)")
-    p.add_argument("--min-offcpu-us", type=int, default=50,
-                   help="shortest off-CPU wait to record, µs (default 50)")
+    p.add_argument("--min-offcpu-us", type=int, default=min_offcpu_us,
+                   help=f"shortest off-CPU wait to record, µs (default {min_offcpu_us}{why})")
     p.add_argument("--python", action=argparse.BooleanOptionalAction, default=True,
-                   help="sample every thread's Python stack (default on)")
-    p.add_argument("-r", "--rate", type=float, default=100,
-                   help="Python stack samples per second (default 100)")
+                   help="sample every thread's Python stack (default on; needed for the verdict)")
+    p.add_argument("-r", "--rate", type=float, default=rate,
+                   help=f"Python stack samples per second (default {rate:g}{why})")
     p.add_argument("--cuda", action=argparse.BooleanOptionalAction, default=True,
                    help="trace CUDA runtime and driver calls (default on)")
     p.add_argument("--nccl", action=argparse.BooleanOptionalAction, default=True,
                    help="trace NCCL collectives (default on)")
     p.add_argument("--nvml", action=argparse.BooleanOptionalAction, default=True,
                    help="poll NVML GPU counters (default on)")
-    p.add_argument("--nvml-hz", type=float, default=10.0,
-                   help="NVML polling rate, per second (default 10)")
+    p.add_argument("--nvml-hz", type=float, default=nvml_hz,
+                   help=f"NVML polling rate, per second (default {nvml_hz:g})")
+
+
+def add_capture_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", help="trace file (.pftrace); default gpuscope-PID-TIME.pftrace")
+    p.add_argument("-d", "--duration", type=float, help="seconds to capture (default: until "
+                   "Ctrl-C or the target exits)")
+    p.add_argument("--subprocesses", action=argparse.BooleanOptionalAction, default=True,
+                   help="follow child processes: DataLoader workers, ranks (default on)")
+    add_probe_flags(p)
     p.add_argument("--ebpf", action="store_true", help="print the eBPF program and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="no live status line")
 

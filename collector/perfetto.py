@@ -287,3 +287,45 @@ def _value(v) -> bytes:
     if isinstance(v, float):
         return f_double(DA["double_value"], v)
     return f_str(DA["string_value"], str(v))
+
+
+# -- reading back ---------------------------------------------------------------
+MAX_PACKET = 64 << 20   # a longer length prefix means garbage, not a packet
+
+
+class TraceError(Exception):
+    """The file is not a readable Perfetto trace (from `offset` on)."""
+
+    def __init__(self, message: str, offset: int = 0):
+        super().__init__(message)
+        self.offset = offset
+
+
+def split_frames(data: bytes, base: int) -> tuple[int, list[tuple[int, int]], TraceError | None]:
+    """Complete records in data: (bytes consumed, [(start, end)] of payloads,
+    the framing error that stopped the scan, if any)."""
+    out, i, n = [], 0, len(data)
+    while i < n:
+        if data[i] != 0x0A:
+            return i, out, TraceError(f"bad record framing at byte {base + i} (0x{data[i]:02x}, "
+                                      "expected 0x0a): corrupted", base + i)
+        length, shift, j = 0, 0, i + 1
+        while j < n:
+            b = data[j]
+            length |= (b & 0x7F) << shift
+            j += 1
+            if not b & 0x80:
+                break
+            shift += 7
+            if shift > 63:
+                return i, out, TraceError(f"bad record length at byte {base + i}", base + i)
+        else:
+            break  # the length itself is torn
+        if length > MAX_PACKET:
+            return i, out, TraceError(f"record at byte {base + i} claims {length} bytes: "
+                                      "corrupted", base + i)
+        if j + length > n:
+            break  # torn tail
+        out.append((j, j + length))
+        i = j + length
+    return i, out, None

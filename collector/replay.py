@@ -7,42 +7,34 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from gpuscope.probes.events import Frame, Instant, Span, StackSample, ThreadName
 
+from .perfetto import TraceError, split_frames
+
+__all__ = ["TraceError", "events", "packets", "target_pid"]
+
 # Track titles (timeline.CATEGORY_TITLE) back to event categories.
 _CATS = {"IO": "io", "Off-CPU": "sched", "CUDA": "cuda", "NCCL": "nccl"}
 TE = pb.TrackEvent
 
 
-class TraceError(Exception):
-    """Not a gpuscope/Perfetto trace, or unreadable."""
-
-
 def packets(path: str):
-    """Framed TracePackets; a torn last record is dropped, as Perfetto does."""
+    """Framed TracePackets in file order; a torn last record is dropped, as
+    Perfetto does."""
     try:
         data = open(path, "rb").read()
     except OSError as e:
         raise TraceError(f"cannot read {path}: {e.strerror}") from None
     if data[:1] != b"\x0a":
         raise TraceError(f"{path} is not a Perfetto protobuf trace")
-    i = 0
-    while i < len(data):
-        n, shift, j = 0, 0, i + 1
-        while j < len(data):
-            b = data[j]
-            n |= (b & 0x7F) << shift
-            j += 1
-            if not b & 0x80:
-                break
-            shift += 7
-        if data[i] != 0x0A or j + n > len(data):
-            return
+    _, frames, err = split_frames(data, 0)
+    for start, end in frames:
         p = pb.TracePacket()
         try:
-            p.ParseFromString(data[j:j + n])
+            p.ParseFromString(data[start:end])
         except Exception:
-            raise TraceError(f"{path}: corrupt packet at byte {i}") from None
+            raise TraceError(f"{path}: corrupt packet at byte {start}") from None
         yield p
-        i = j + n
+    if err is not None:
+        raise TraceError(f"{path}: {err}")
 
 
 def events(path: str):

@@ -58,22 +58,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host-proc", metavar="DIR", help="the host's procfs, to translate kernel "
                    "PIDs to the pod's (default /host/proc when gpuscope runs in a PID namespace)")
     p.add_argument("--viewer", action="store_true", help="serve the web viewer under /viewer/")
-    # Probe selection, as for `gpuscope attach`.
-    p.add_argument("--sched", action=argparse.BooleanOptionalAction, default=True,
-                   help="trace off-CPU waits (default on)")
-    p.add_argument("--min-offcpu-us", type=int, default=200,
-                   help="shortest off-CPU wait to record, µs (default 200: cheaper always-on)")
-    p.add_argument("--cuda", action=argparse.BooleanOptionalAction, default=True,
-                   help="trace CUDA runtime and driver calls (default on)")
-    p.add_argument("--nccl", action=argparse.BooleanOptionalAction, default=True,
-                   help="trace NCCL collectives (default on)")
-    p.add_argument("--nvml", action=argparse.BooleanOptionalAction, default=True,
-                   help="poll NVML GPU counters (default on)")
-    p.add_argument("--nvml-hz", type=float, default=2.0, help="NVML polling rate (default 2)")
-    p.add_argument("--python", action=argparse.BooleanOptionalAction, default=True,
-                   help="sample Python stacks (default on; needed for the verdict)")
-    p.add_argument("-r", "--rate", type=float, default=50,
-                   help="Python stack samples per second (default 50: cheaper always-on)")
+    # Probe selection, as for `gpuscope attach`, with cheaper always-on defaults.
+    from .cli import add_probe_flags
+
+    add_probe_flags(p, min_offcpu_us=200, nvml_hz=2.0, rate=50, cheaper="cheaper always-on")
     p.add_argument("--analyze-every", type=float, default=30.0, metavar="S",
                    help="run the stall analysis over the flight recorder every S seconds, "
                    "for the data-wait and step-time metrics; 0: only on captures (default 30)")

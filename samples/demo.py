@@ -1,49 +1,48 @@
-"""`make demo`: start the bundled file-reading training sample, attach
-gpuscope to its PID for a few seconds, and say where the trace is."""
+"""`make demo`: the main job on a bundled sample. Starts samples/train.py
+reading its dataset from slow storage (a FUSE mount adding 25 ms per read),
+attaches gpuscope to its PID, prints the verdict, keeps the trace and the
+summary in captures/, and serves the web viewer on them (on a terminal;
+otherwise it prints the command)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import scenarios  # noqa: E402
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="captures")
-    ap.add_argument("--seconds", type=float, default=8)
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--scenario", default="storage", choices=sorted(scenarios.SCENARIOS))
+    ap.add_argument("--port", type=int, default=8765)
     a = ap.parse_args()
     out = Path(a.out).resolve()
-    data = out / "demo-data"
     out.mkdir(parents=True, exist_ok=True)
-    print(f"demo: preparing {data} and starting samples/file_loader.py (2 DataLoader workers)")
-    job = subprocess.Popen([sys.executable, str(HERE / "file_loader.py"), "--data", str(data),
-                            "--make-data", "512", "--workers", "2",
-                            "--log", str(out / "demo-groundtruth.jsonl")],
-                           stdout=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        pid = json.loads(job.stdout.readline())["ready"]
-        trace = out / "demo.pftrace"
-        print(f"demo: training job running as PID {pid}; attaching gpuscope for {a.seconds:g}s")
-        rc = subprocess.call([sys.executable, "-m", "gpuscope.collector.cli", "attach",
-                              "-p", str(pid), "-d", str(a.seconds), "-o", str(trace)])
-        if rc != 0:
-            return rc
-        summary = json.loads(trace.with_suffix(".summary.json").read_text())
-        reads = summary["events"].get("io", 0)
-        print(f"demo: {reads} IO events from {len(summary['processes'])} processes "
-              f"(the job and its DataLoader workers)")
-        print(f"demo: trace {trace} — open it at https://ui.perfetto.dev")
-        return 0
-    finally:
-        os.killpg(job.pid, signal.SIGKILL)  # the job and its workers, without their shutdown noise
-        job.wait()
+    flags, latency, _ = scenarios.SCENARIOS[a.scenario]
+    print(f"demo: starting samples/train.py {' '.join(flags)}"
+          + (f" on a FUSE mount adding {latency} ms per read" if latency else ""), flush=True)
+    print(f"demo: attaching gpuscope by PID for {a.seconds:g}s", flush=True)
+    r = scenarios.run(a.scenario, str(out), a.seconds, trace_name="demo", quiet=False)
+    if r["rc"] != 0:
+        return r["rc"]
+    print(f"demo: trace {r['trace']}\ndemo: summary {Path(r['trace']).with_suffix('.summary.json')}")
+    view = [sys.executable, "-m", "gpuscope.collector.cli", "view", r["trace"], "--port", str(a.port)]
+    if sys.stdin.isatty() and not os.environ.get("CI"):
+        print("demo: serving the viewer (Ctrl-C to stop)", flush=True)
+        try:
+            return subprocess.call(view)
+        except KeyboardInterrupt:
+            return 0
+    print("demo: to look at it: .venv/bin/gpuscope view " + r["trace"])
+    return 0
 
 
 if __name__ == "__main__":

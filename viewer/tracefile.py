@@ -11,48 +11,9 @@ import os
 from google.protobuf.message import DecodeError
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
+from gpuscope.collector.perfetto import MAX_PACKET, TraceError, split_frames
+
 CHUNK = 4 << 20
-MAX_PACKET = 64 << 20   # a longer length prefix means garbage, not a packet
-
-
-class TraceError(Exception):
-    """The file is not a readable Perfetto trace (from `offset` on)."""
-
-    def __init__(self, message: str, offset: int = 0):
-        super().__init__(message)
-        self.offset = offset
-
-
-def _frames(data: bytes, base: int) -> tuple[int, list[tuple[int, int]], TraceError | None]:
-    """Complete records in data: (bytes consumed, [(start, end)] of payloads,
-    the framing error that stopped the scan, if any)."""
-    out, i, n = [], 0, len(data)
-    while i < n:
-        if data[i] != 0x0A:
-            return i, out, TraceError(f"bad record framing at byte {base + i} (0x{data[i]:02x}, "
-                                      "expected 0x0a): corrupted", base + i)
-        length, shift, j = 0, 0, i + 1
-        while j < n:
-            b = data[j]
-            length |= (b & 0x7F) << shift
-            j += 1
-            if not b & 0x80:
-                break
-            shift += 7
-            if shift > 63:
-                return i, out, TraceError(f"bad record length at byte {base + i}", base + i)
-        else:
-            break  # the length itself is torn
-        if length > MAX_PACKET:
-            return i, out, TraceError(f"record at byte {base + i} claims {length} bytes: "
-                                      "corrupted", base + i)
-        if j + length > n:
-            break  # torn tail
-        out.append((j, j + length))
-        i = j + length
-    return i, out, None
-
-
 def read_chunks(path: str, offset: int = 0, chunk: int = CHUNK):
     """Yields (end_offset, [TracePacket]) for whole records from offset on,
     about `chunk` bytes at a time. end_offset is where the next read starts."""
@@ -72,7 +33,7 @@ def read_chunks(path: str, offset: int = 0, chunk: int = CHUNK):
             if not data:
                 return
             buf = carry + data
-            used, frames, err = _frames(buf, pos)
+            used, frames, err = split_frames(buf, pos)
             if frames:
                 trace = pb.Trace()
                 try:

@@ -1,8 +1,8 @@
 """The verdict's ground-truth scenarios: samples/train.py slowed in one way
 each, attached to by PID, and its own log of where the loop spent its time.
-Used by tests/test_verdict.py; runnable by hand:
+Used by `make demo` and tests/test_verdict.py; runnable by hand:
 
-    .venv/bin/python tests/scenarios.py storage [--seconds 8]
+    .venv/bin/python samples/scenarios.py storage [--seconds 8]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent  # the repository
 PY = sys.executable
 
 # name -> (train.py flags, slowfs read latency ms or None, expected finding kind)
@@ -38,7 +38,8 @@ SCENARIOS = {
 }
 
 
-def run(name: str, workdir: str, seconds: float = 8.0, warmup: float = 3.0) -> dict:
+def run(name: str, workdir: str, seconds: float = 8.0, warmup: float = 3.0,
+        trace_name: str | None = None, quiet: bool = True) -> dict:
     flags, latency, expected = SCENARIOS[name]
     data = os.path.join(workdir, "data")
     subprocess.run([PY, str(ROOT / "samples/train.py"), "--data", data, "--make-data", "256",
@@ -62,10 +63,10 @@ def run(name: str, workdir: str, seconds: float = 8.0, warmup: float = 3.0) -> d
     try:
         pid = json.loads(job.stdout.readline())["ready"]
         time.sleep(warmup)
-        trace = os.path.join(workdir, f"{name}.pftrace")
-        p = subprocess.run([PY, "-m", "gpuscope.collector.cli", "attach", "-p", str(pid), "-d",
-                            str(seconds), "-o", trace, "-q", "--no-cuda", "--no-nccl", "--no-nvml"],
-                           capture_output=True, text=True, timeout=seconds + 120)
+        trace = os.path.join(workdir, f"{trace_name or name}.pftrace")
+        cmd = [PY, "-m", "gpuscope.collector.cli", "attach", "-p", str(pid), "-d", str(seconds),
+               "-o", trace, "--no-cuda", "--no-nccl", "--no-nvml"] + (["-q"] if quiet else [])
+        p = subprocess.run(cmd, capture_output=quiet, text=True, timeout=seconds + 120)
         summary = json.loads(Path(trace).with_suffix(".summary.json").read_text())
     finally:
         os.killpg(job.pid, signal.SIGKILL)
@@ -74,7 +75,7 @@ def run(name: str, workdir: str, seconds: float = 8.0, warmup: float = 3.0) -> d
             subprocess.run(["umount", "-l", os.path.join(workdir, "mnt")], check=False)
             fs.kill()
             fs.wait()
-    return {"name": name, "expected": expected, "summary": summary, "stderr": p.stderr,
+    return {"name": name, "expected": expected, "summary": summary, "stderr": p.stderr or "",
             "rc": p.returncode, "truth": truth_share(log, summary), "trace": trace}
 
 
