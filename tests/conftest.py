@@ -15,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = Path(__file__).resolve().parent / "targets"
 GPUSCOPE = [sys.executable, "-m", "gpuscope.collector.cli"]
+sys.path.insert(0, str(ROOT / "samples"))  # samples/scenarios.py, shared with `make demo`
 
 
 @pytest.fixture(autouse=True, scope="session")

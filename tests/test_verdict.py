@@ -11,8 +11,8 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-import scenarios
 
+import scenarios  # samples/scenarios.py (conftest puts samples/ on the path)
 from conftest import GPUSCOPE, ROOT
 
 SCHEMA = json.loads((ROOT / "docs/summary.schema.json").read_text())
