@@ -370,6 +370,9 @@ class StallAnalysis:
 
     def _headline(self, level, share, findings, steps) -> str:
         if level == "no":
-            return f"Not input-bound: {share:.1%} of step time waits for data ({len(steps)} steps)"
+            text = f"Not input-bound: {share:.1%} of step time waits for data ({len(steps)} steps)"
+            if findings and findings[0]["kind"] != "not_input_bound":
+                text += " — but " + findings[0]["title"][0].lower() + findings[0]["title"][1:]
+            return text
         cause = findings[0]["title"] if findings else "cause not identified"
         return f"Input-bound ({level}): {share:.0%} of step time waits for data — {cause}"

@@ -35,12 +35,27 @@ SCENARIOS = {
             "ipc_collate_pin_bound"),
     "epoch_start": (["--workers", "2", "--no-persistent-workers", "--epoch-batches", "4",
                      "--worker-init-ms", "400", "--compute-ms", "30"], None, "epoch_start_stall"),
+    # The GPU driver cannot exist here: samples/standin/libcuda_standin.c stands in for
+    # it, and gpuscope's CUDA probes attach to it as to the real libcuda.so.1.
+    "h2d_copy": (["--workers", "2", "--compute-ms", "40", "--h2d-standin", "{standin}",
+                  "--h2d-mb", "60"], None, "h2d_copy_bound"),
 }
+
+
+def build_standin(workdir: str) -> str:
+    """samples/standin/libcuda_standin.c as libcuda.so.1 (gcc)."""
+    out = os.path.join(workdir, "standin", "libcuda.so.1")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-Wl,-soname,libcuda.so.1", "-o", out,
+                    str(ROOT / "samples/standin/libcuda_standin.c")], check=True)
+    return out
 
 
 def run(name: str, workdir: str, seconds: float = 8.0, warmup: float = 3.0,
         trace_name: str | None = None, quiet: bool = True) -> dict:
     flags, latency, expected = SCENARIOS[name]
+    if "{standin}" in flags:
+        flags = [build_standin(workdir) if f == "{standin}" else f for f in flags]
     data = os.path.join(workdir, "data")
     subprocess.run([PY, str(ROOT / "samples/train.py"), "--data", data, "--make-data", "256",
                     "--steps", "1", "--workers", "0", "--compute-ms", "0"], check=True,
@@ -64,8 +79,9 @@ def run(name: str, workdir: str, seconds: float = 8.0, warmup: float = 3.0,
         pid = json.loads(job.stdout.readline())["ready"]
         time.sleep(warmup)
         trace = os.path.join(workdir, f"{trace_name or name}.pftrace")
+        gpu = [] if expected == "h2d_copy_bound" else ["--no-cuda", "--no-nccl"]
         cmd = [PY, "-m", "gpuscope.collector.cli", "attach", "-p", str(pid), "-d", str(seconds),
-               "-o", trace, "--no-cuda", "--no-nccl", "--no-nvml"] + (["-q"] if quiet else [])
+               "-o", trace, "--no-nvml", *gpu] + (["-q"] if quiet else [])
         p = subprocess.run(cmd, capture_output=quiet, text=True, timeout=seconds + 120)
         summary = json.loads(Path(trace).with_suffix(".summary.json").read_text())
     finally:

@@ -9,6 +9,9 @@ Ways to slow it (combine as needed):
   workers:   --workers N (0 = load on the main thread)
   IPC:       --payload-floats N  items carry Python lists the main thread unpickles
   epochs:    --no-persistent-workers --epoch-batches K --worker-init-ms M
+  H2D:       --h2d-standin LIB --h2d-mb M  a synchronous host-to-device copy per step
+             through LIB (a libcuda.so.1: the real driver, or the stand-in in
+             samples/standin/ on machines without a GPU)
   control:   --compute-ms Y with fast loading = compute-bound
 Ground truth: --log FILE gets one JSON line per step with the time the main
 loop spent blocked in the DataLoader (data_ns) and computing (compute_ns).
@@ -84,6 +87,8 @@ def main() -> None:
     ap.add_argument("--persistent-workers", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--epoch-batches", type=int, default=0, help="batches per epoch (0 = all files)")
     ap.add_argument("--worker-init-ms", type=float, default=0, help="work when each worker starts")
+    ap.add_argument("--h2d-standin", metavar="LIB", help="libcuda.so.1 whose cuMemcpyHtoD_v2 copies each batch")
+    ap.add_argument("--h2d-mb", type=float, default=64, help="MB copied host-to-device per step")
     ap.add_argument("--steps", type=int, default=0, help="0 = run until killed")
     ap.add_argument("--log", help="ground-truth log (JSON lines)")
     a = ap.parse_args()
@@ -100,6 +105,17 @@ def main() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(4096, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     log = open(a.log, "a") if a.log else None
+    copy = None
+    if a.h2d_standin:
+        import ctypes
+
+        driver = ctypes.CDLL(a.h2d_standin)
+        driver.cuInit(0)
+        staging = torch.empty(int(a.h2d_mb * 1e6), dtype=torch.uint8)  # pageable host memory
+
+        def copy():
+            driver.cuMemcpyHtoD_v2(ctypes.c_ulonglong(0), ctypes.c_void_p(staging.data_ptr()),
+                                   ctypes.c_size_t(staging.numel()))
     print(json.dumps({"ready": os.getpid()}), flush=True)
     step, state = 0, torch.rand(64, 64)
     while True:
@@ -111,6 +127,8 @@ def main() -> None:
             except StopIteration:
                 break
             t1 = time.monotonic_ns()
+            if copy:
+                copy()  # the batch to the device, synchronously (pageable memory)
             x, y = (torch.rand(len(batch), 4096), torch.zeros(len(batch), dtype=torch.long)) \
                 if a.payload_floats else batch
             loss = torch.nn.functional.cross_entropy(model(x), y)

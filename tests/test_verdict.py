@@ -35,7 +35,7 @@ def test_scenario_verdict_and_share(name, tmp_path_factory):
     kinds = [f["kind"] for f in v["findings"]]
     assert r["expected"] in kinds, (v["headline"], kinds)
     if r["expected"] in ("storage_fetch_stall", "cpu_preprocessing_stall", "ipc_collate_pin_bound",
-                         "epoch_start_stall", "not_input_bound"):
+                         "epoch_start_stall", "not_input_bound", "h2d_copy_bound"):
         assert v["primary"] == r["expected"], kinds  # the root cause comes first
     assert v["confidence"] in ("high", "medium")
     assert r["truth"] is not None
@@ -65,6 +65,15 @@ def test_cpu_evidence_names_the_transform(tmp_path_factory):
     r = run_once("cpu_transform", tmp_path_factory)
     frames = [fr for entry in r["summary"]["stall_frames"] for fr in entry["stack"]]
     assert any(fr.startswith("spin_torch (train.py:") for fr in frames), frames[:10]
+
+
+def test_h2d_evidence_from_the_cuda_probes(tmp_path_factory):
+    r = run_once("h2d_copy", tmp_path_factory)
+    v = r["summary"]["verdict"]
+    f = next(f for f in v["findings"] if f["kind"] == "h2d_copy_bound")
+    assert f["numbers"]["h2d_bytes"] >= 60e6  # at least one 60 MB copy per step was seen
+    assert v["breakdown"]["h2d"] >= 0.10
+    assert "host-to-device" in v["headline"].lower()
 
 
 def test_report_on_saved_trace_gives_the_same_verdict(tmp_path_factory):
