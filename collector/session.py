@@ -14,7 +14,15 @@ import time
 from dataclasses import dataclass, field
 
 from gpuscope.probes import procfs
-from gpuscope.probes.events import Event, Instant, Loss, Span, StackSample
+from gpuscope.probes.events import (
+    CounterSample,
+    Event,
+    Instant,
+    Loss,
+    Span,
+    StackSample,
+    ThreadName,
+)
 from gpuscope.probes.source import Source, SourceError
 
 from .perfetto import TraceWriter
@@ -202,8 +210,9 @@ class Session:
             if type(ev) is Span and ev.tid in attribution.hist:
                 attribution.annotate(ev)
             timeline.add(ev)
-            k = getattr(ev, "cat", None) or type(ev).__name__.lower()
-            self.counts[k] = self.counts.get(k, 0) + 1
+            k = _COUNT_AS.get(type(ev)) or getattr(ev, "cat", None)
+            if k:
+                self.counts[k] = self.counts.get(k, 0) + 1
         for tap in self.taps:
             tap(ready)
 
@@ -260,4 +269,6 @@ class Session:
         return cap
 
 
-_ts = operator.attrgetter("ts")  # a Span's ts is its start
+_ts = operator.attrgetter("ts")
+# What the status line and summary count events as (names and losses are not events of a source).
+_COUNT_AS = {StackSample: "python", CounterSample: "counters", ThreadName: "", Loss: ""}  # a Span's ts is its start

@@ -53,10 +53,13 @@ stamp=.venv/.gpuscope-deps
 want=$(sha256sum pyproject.toml | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     log "installing gpuscope (editable) with test dependencies and torch"
-    .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
+    pip_log=.venv/pip.log
+    pipq() { .venv/bin/python -m pip install -q "$@" >>"$pip_log" 2>&1 || { cat "$pip_log" >&2; return 1; }; }
+    : >"$pip_log"
+    pipq --upgrade pip setuptools wheel
     # CPU build from local disk on these machines; a range that 2.13.0 satisfies.
-    .venv/bin/python -m pip install -q "torch==2.13.0" || .venv/bin/python -m pip install -q "torch>=2.3,<3"
-    .venv/bin/python -m pip install -q -e ".[test]"
+    pipq "torch==2.13.0" || pipq "torch>=2.3,<3"
+    pipq -e ".[test]"
     echo "$want" > "$stamp"
 fi
 .venv/bin/python -c 'import bcc, gpuscope.collector, perfetto.protos.perfetto.trace.perfetto_trace_pb2' \
