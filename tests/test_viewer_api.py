@@ -14,8 +14,8 @@ import time
 import pytest
 from test_viewer_support import HOSTILE, Synth, write_summary, write_trace
 
+from gpuscope.collector.perfetto import split_frames
 from gpuscope.viewer import create_app
-from gpuscope.viewer.tracefile import _frames
 
 import tracecheck
 
@@ -148,7 +148,7 @@ def test_live_trace_indexed_incrementally(tmp_path):
         s.w.flush()   # completes the record torn last time
         s.step(n_io=10)
         # write up to the middle of the last record, as a flush cut short would
-        k = _frames(bytes(s.w.buf), 0)[1][-1][0] + 1
+        k = split_frames(bytes(s.w.buf), 0)[1][-1][0] + 1
         os.write(s.w.fd, bytes(s.w.buf[:k]))
         s.w.buf = s.w.buf[k:]
         m = meta(c, "live").json
