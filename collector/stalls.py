@@ -45,7 +45,10 @@ class StallAnalysis:
         self.root = root_pid
         self.cores = cores or len(os.sched_getaffinity(0)) or 1
         self.period = int(1e9 / rate_hz)  # refined from the samples themselves in result()
+        self.main_pid = root_pid    # the process of the training loop: the target, or a rank below it
         self.main_tid: int | None = None
+        self.loops: set[int] = set()  # processes running a training loop (DDP ranks)
+        self.parent: dict[int, int] = {}
         self.main: list[tuple[int, str]] = []          # (ts, phase)
         self.main_detail: Counter = Counter()           # data-wait sub-phase -> ns
         self.main_last_phase = COMPUTE
@@ -78,13 +81,15 @@ class StallAnalysis:
                 self._span(ev)
             elif t is Instant and ev.name == "exit" and ev.args.get("process"):
                 self.exited[ev.pid] = ev.ts
+            elif t is Instant and ev.name == "fork":
+                self.parent[ev.args["child"]] = ev.pid
             elif t is ThreadName:
                 self.names[ev.tid] = ev.name
 
     def _span(self, s: Span) -> None:
         if s.cat == "io" and s.name in _DATA_IO and _is_data_file(s.args.get("path")):
             self.io_last[s.tid] = (s.start, s.end)
-            if s.pid != self.root or s.tid == self.main_tid:
+            if s.pid != self.main_pid or s.tid == self.main_tid:
                 f = self.files[s.args["path"]]
                 if "bytes" in s.args:
                     f[0] += s.args["bytes"]
@@ -110,11 +115,17 @@ class StallAnalysis:
         if not self.first_ts:
             self.first_ts = s.ts
         self.last_ts = s.ts
-        if s.pid == self.root and self.main_tid is None and _in(frames, "torch/utils/data/dataloader.py", "__next__"):
-            self.main_tid = s.tid
-        if s.tid == (self.main_tid or self.root):
+        in_worker = _in(frames, "torch/utils/data/_utils/worker.py", "_worker_loop")
+        if not in_worker and _in(frames, "torch/utils/data/dataloader.py", "__next__"):
+            # A training loop: the target's own, or (under a launcher) the first rank's.
+            self.loops.add(s.pid)
+            if self.main_tid is None or (s.pid == self.root and self.main_pid != self.root):
+                self.main_pid, self.main_tid = s.pid, s.tid
+                self.main.clear()
+                self._prev_main = None
+        if s.tid == self.main_tid:
             self._main_sample(s)
-        elif s.pid != self.root and s.tid == s.pid and _in(frames, "torch/utils/data/_utils/worker.py", "_worker_loop"):
+        elif in_worker and s.tid == s.pid and self.parent.get(s.pid, self.main_pid) == self.main_pid:
             self._worker_sample(s)
 
     def _main_sample(self, s: StackSample) -> None:
@@ -228,7 +239,9 @@ class StallAnalysis:
                         "window_ns": [steps[0].start_ns, steps[-1].end_ns],
                         "step_ms_median": round(sorted(s.wall_ns for s in steps)[len(steps) // 2] / 1e6, 2),
                         "breakdown": {k: round(v / sampled, 4) for k, v in sorted(phase_ns.items())},
-                        "workers": len(self.workers), "cores": self.cores},
+                        "workers": len(self.workers), "cores": self.cores,
+                        "training_loop": {"pid": self.main_pid, "tid": self.main_tid},
+                        "training_loops_seen": len(self.loops)},
             "steps": [s.as_dict() for s in steps],
             "stall_frames": [{"stack": list(k), "samples": n} for k, n in self.stall_frames.most_common(15)],
             "main_wait_frames": [{"stack": list(k), "samples": n} for k, n in self.main_frames.most_common(5)],
@@ -236,7 +249,7 @@ class StallAnalysis:
         }
 
     def _no_steps_reason(self) -> str:
-        if not self.main:
+        if not self.first_ts:
             return "no Python samples of the training loop: is the target a PyTorch job (CPython 3.10-3.13)?"
         return ("no training steps found: the main thread never entered a DataLoader's __next__ "
                 "during the capture (not a DataLoader loop, or capture too short)")

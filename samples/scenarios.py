@@ -41,6 +41,12 @@ SCENARIOS = {
                   "--h2d-mb", "60"], None, "h2d_copy_bound"),
 }
 
+# Started under a launcher (as torchrun starts ranks): gpuscope attaches to the
+# launcher's PID and must find the training loop in its child.
+LAUNCHED = {"launcher": "cpu_transform"}
+SCENARIOS["launcher"] = SCENARIOS["cpu_transform"]
+LAUNCHER = "import subprocess, sys\nsys.exit(subprocess.call([sys.executable] + sys.argv[1:]))"
+
 
 def build_standin(workdir: str) -> str:
     """samples/standin/libcuda_standin.c as libcuda.so.1 (gcc)."""
@@ -72,11 +78,14 @@ def run(name: str, workdir: str, seconds: float = 8.0, warmup: float = 3.0,
             time.sleep(0.1)
         data = mnt
     log = os.path.join(workdir, "truth.jsonl")
-    job = subprocess.Popen([PY, str(ROOT / "samples/train.py"), "--data", data, *flags, "--log", log],
+    launcher = [PY, "-c", LAUNCHER] if name in LAUNCHED else [PY]
+    job = subprocess.Popen([*launcher, str(ROOT / "samples/train.py"), "--data", data, *flags, "--log", log],
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                            start_new_session=True)
     try:
         pid = json.loads(job.stdout.readline())["ready"]
+        if name in LAUNCHED:
+            pid = job.pid  # attach to the launcher, not to the training process
         time.sleep(warmup)
         trace = os.path.join(workdir, f"{trace_name or name}.pftrace")
         gpu = [] if expected == "h2d_copy_bound" else ["--no-cuda", "--no-nccl"]

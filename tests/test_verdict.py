@@ -76,6 +76,15 @@ def test_h2d_evidence_from_the_cuda_probes(tmp_path_factory):
     assert "host-to-device" in v["headline"].lower()
 
 
+def test_training_loop_found_below_a_launcher(tmp_path_factory):
+    r = run_once("launcher", tmp_path_factory)
+    v = r["summary"]["verdict"]
+    launcher = r["summary"]["target"]["pid"]
+    assert v["training_loop"]["pid"] != launcher  # the rank, a child of the attached launcher
+    assert v["training_loop"]["pid"] in r["summary"]["processes"]
+    assert v["training_loops_seen"] == 1
+
+
 def test_report_on_saved_trace_gives_the_same_verdict(tmp_path_factory):
     r = run_once("cpu_transform", tmp_path_factory)
     p = subprocess.run(GPUSCOPE + ["report", r["trace"], "--json"], capture_output=True, text=True,
