@@ -139,8 +139,11 @@ class Server:
     """The viewer app on a real socket on 127.0.0.1 (werkzeug, threaded)."""
 
     def __init__(self, app):
+        import logging
+
         from werkzeug.serving import make_server
 
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
         self.httpd = make_server("127.0.0.1", 0, app, threaded=True)
         self.url = f"http://127.0.0.1:{self.httpd.port}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
