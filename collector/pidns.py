@@ -188,126 +188,55 @@ class PidNamespace:
 
 # -- the eBPF source in namespace PIDs -----------------------------------------
 
-class _Tracked:
-    """The tracked map as namespace PIDs (keys are kernel tgids in the kernel)."""
-
-    def __init__(self, table, ns: PidNamespace):
-        self._t, self._ns = table, ns
-
-    def __setitem__(self, key, value) -> None:
-        kid = self._ns.to_kernel(key.value)
-        if kid is not None:
-            self._t[ct.c_uint32(kid)] = value
-            self._ns.learn_threads(kid)
-
-    def __delitem__(self, key) -> None:
-        kid = self._ns.to_kernel(key.value)
-        if kid is None:
-            raise KeyError(key.value)
-        del self._t[ct.c_uint32(kid)]
-
-    def keys(self) -> list:
-        out = []
-        for k in self._t.keys():
-            nid = self._ns.to_ns(k.value)
-            if nid is not None:
-                out.append(ct.c_uint32(nid))
-        return out
-
-    def __getattr__(self, name):
-        return getattr(self._t, name)
-
-
-class _Ring:
-    """A ring buffer whose records are rewritten to namespace ids before decoding."""
-
-    def __init__(self, table, owner: NamespacedKernelProbes, name: str):
-        self._t, self._owner, self._name = table, owner, name
-        self._cls = None
-        self._fields: list[tuple[str, bool]] = []
-
-    def open_ring_buffer(self, callback, ctx=None):
-        ns, owner = self._owner.pidns, self._owner
-
-        def translated(cctx, data, size):
-            if self._cls is None:
-                self._cls = type(self._t.event(data))
-                names = {f[0] for f in self._cls._fields_}
-                self._fields = [(n, req) for n, req in ID_FIELDS.items() if n in names]
-            cls = self._cls
-            buf = (ct.c_char * max(size, ct.sizeof(cls)))()
-            ct.memmove(buf, data, size)
-            ev = cls.from_buffer(buf)
-            for name, required in self._fields:
-                kid = getattr(ev, name)
-                if not kid:
-                    continue
-                if getattr(cls, name).offset + 4 > size:
-                    continue
-                nid = ns.to_ns(kid)
-                if nid is None:
-                    if required:
-                        owner.untranslated(self._name, name, kid)
-                        return 0
-                    nid = 0
-                setattr(ev, name, nid)
-            ret = callback(cctx, ct.addressof(buf), size)
-            if self._name == "proc_events" and ev.kind == PROC_EXIT:
-                owner.exited.append(ev.tid)
-            return ret
-
-        return self._t.open_ring_buffer(translated, ctx)
-
-    def __getattr__(self, name):
-        return getattr(self._t, name)
-
-
-class _Bpf:
-    """BCC's BPF object as gpuscope's probes see it inside a PID namespace."""
-
-    def __init__(self, bpf, owner: NamespacedKernelProbes):
-        self._bpf, self._owner = bpf, owner
-        self._views: dict[str, object] = {}
-
-    def __getitem__(self, name: str):
-        v = self._views.get(name)
-        if v is None:
-            t = self._bpf[name]
-            if name == "tracked":
-                v = _Tracked(t, self._owner.pidns)
-            elif name in self._owner.rings:
-                v = _Ring(t, self._owner, name)
-            else:
-                return t
-            self._views[name] = v
-        return v
-
-    def __getattr__(self, name):
-        return getattr(self._bpf, name)
-
-
 class NamespacedKernelProbes(KernelProbes):
-    """KernelProbes taking and reporting namespace PIDs. The probes are unchanged:
-    only the BPF object they are handed (self.bpf) is a translating view."""
+    """KernelProbes taking and reporting namespace PIDs, through its hooks for
+    PIDs crossing the BPF boundary: the tracked map gets kernel PIDs, and every
+    ring-buffer record is rewritten to namespace PIDs before a probe decodes it."""
 
     def __init__(self, probes, pidns: PidNamespace, extra_cflags: Iterable[str] = ()):
         self.pidns = pidns
-        self.rings = {p.ring for p in probes if p.ring}
         self.exited: list[int] = []
         self._untranslated = self._reported = 0
-        self._view = None
+        self._layouts: dict[str, tuple[type, list[tuple[str, bool]]]] = {}
         super().__init__(probes, extra_cflags)
 
-    @property
-    def bpf(self):
-        return self._view
+    def kernel_pid(self, pid: int) -> int | None:
+        return self.pidns.to_kernel(pid)
 
-    @bpf.setter
-    def bpf(self, value) -> None:
-        self._view = None if value is None else _Bpf(value, self)
+    def user_pid(self, kid: int) -> int | None:
+        return self.pidns.to_ns(kid)
 
-    def untranslated(self, ring: str, field: str, kid: int) -> None:
-        self._untranslated += 1
+    def add_process(self, pid: int) -> None:
+        super().add_process(pid)
+        kid = self.kernel_pid(pid)
+        if kid is not None:
+            self.pidns.learn_threads(kid)
+
+    def record(self, probe, data, size: int) -> bytes | None:
+        layout = self._layouts.get(probe.ring)
+        if layout is None:
+            cls = type(self.bpf[probe.ring].event(data))  # BCC's struct for this ring
+            names = {f[0] for f in cls._fields_}
+            layout = self._layouts[probe.ring] = (
+                cls, [(n, req) for n, req in ID_FIELDS.items() if n in names])
+        cls, fields = layout
+        buf = (ct.c_char * max(size, ct.sizeof(cls)))()
+        ct.memmove(buf, data, size)
+        ev = cls.from_buffer(buf)
+        for name, required in fields:
+            kid = getattr(ev, name)
+            if not kid or getattr(cls, name).offset + 4 > size:
+                continue
+            nid = self.pidns.to_ns(kid)
+            if nid is None:
+                if required:
+                    self._untranslated += 1
+                    return None
+                nid = 0  # a waker outside the pod
+            setattr(ev, name, nid)
+        if probe.ring == "proc_events" and ev.kind == PROC_EXIT:
+            self.exited.append(ev.tid)
+        return bytes(buf[:size])
 
     def start(self, pids: Iterable[int]) -> None:
         self.pidns.scan()

@@ -131,10 +131,10 @@ class CudaProbe(Probe):
 
     def attach(self, bpf) -> None:
         self.table = bpf[self.ring]
-        self.libs.scan(bpf)
+        self.libs.scan(bpf, self.tracked())
 
     def tick(self, bpf, out: list[Event]) -> None:
-        self.libs.scan(bpf)
+        self.libs.scan(bpf, self.tracked())
         self.rates.emit(time.monotonic_ns(), out)
 
     def on_exit(self, pid: int) -> None:

@@ -298,8 +298,7 @@ class LibraryAttacher:
         self._seen: set[str] = set()               # target paths looked at
         self._notices: list[str] = []
 
-    def scan(self, bpf) -> list[MappedLib]:
-        pids = [k.value for k in bpf["tracked"].keys()]
+    def scan(self, bpf, pids: list[int]) -> list[MappedLib]:
         new = []
         for lib in gpu_libraries(pids, self._seen):
             self._seen.add(lib.path)

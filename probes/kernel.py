@@ -62,6 +62,10 @@ class Probe:
     def on_exit(self, pid: int) -> None:
         """A tracked process exited."""
 
+    def tracked(self) -> list[int]:
+        """PIDs being watched (set by KernelProbes when the probe is loaded)."""
+        return []
+
     def notices(self) -> list[str]:
         return []
 
@@ -109,6 +113,8 @@ class KernelProbes(Source):
         self._decode_errors = {p.name: 0 for p in self.probes}
         self._last_tick = 0.0
         self._raw: list = []  # (order time, probe, record) copied during a poll
+        for p in self.probes:
+            p.tracked = self.tracked
 
     # -- program text ------------------------------------------------------
     def program_text(self) -> str:
@@ -157,8 +163,9 @@ class KernelProbes(Source):
 
         def cb(_ctx, data, size, probe=probe):
             self._events[probe.name] += 1
-            raw = ct.string_at(data, size)
-            self._raw.append((int.from_bytes(raw[off:off + 8], "little"), probe, raw))
+            raw = self.record(probe, data, size)
+            if raw is not None:
+                self._raw.append((int.from_bytes(raw[off:off + 8], "little"), probe, raw))
             return 0
 
         self.bpf[probe.ring].open_ring_buffer(cb)
@@ -173,22 +180,38 @@ class KernelProbes(Source):
                 self._decode_errors[probe.name] += 1
                 self._out.append(Loss(probe.name, time.monotonic_ns(), 1, f"decode: {e}"))
 
+    # -- PIDs across the BPF boundary: overridden where they differ (a PID namespace)
+    def record(self, probe: Probe, data, size: int) -> bytes | None:
+        """A ring buffer record, copied out; None drops it."""
+        return ct.string_at(data, size)
+
+    def kernel_pid(self, pid: int) -> int | None:
+        """The kernel's PID for one the user gave (None: not visible)."""
+        return pid
+
+    def user_pid(self, kid: int) -> int | None:
+        """The PID the user sees for a kernel PID."""
+        return kid
+
     def add_process(self, pid: int) -> None:
-        if self.bpf is not None:
-            self.bpf["tracked"][ct.c_uint32(pid)] = ct.c_uint32(1)
+        kid = self.kernel_pid(pid)
+        if self.bpf is not None and kid is not None:
+            self.bpf["tracked"][ct.c_uint32(kid)] = ct.c_uint32(1)
 
     def remove_process(self, pid: int) -> None:
-        if self.bpf is None:
+        kid = self.kernel_pid(pid)
+        if self.bpf is None or kid is None:
             return
         try:
-            del self.bpf["tracked"][ct.c_uint32(pid)]
+            del self.bpf["tracked"][ct.c_uint32(kid)]
         except KeyError:
             pass
 
     def tracked(self) -> list[int]:
         if self.bpf is None:
             return []
-        return sorted(k.value for k in self.bpf["tracked"].keys())
+        pids = (self.user_pid(k.value) for k in self.bpf["tracked"].keys())
+        return sorted(p for p in pids if p is not None)
 
     def poll(self, timeout_s: float) -> list[Event]:
         if self.bpf is None:

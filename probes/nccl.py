@@ -52,10 +52,10 @@ class NcclProbe(Probe):
 
     def attach(self, bpf) -> None:
         self.table = bpf[self.ring]
-        self.libs.scan(bpf)
+        self.libs.scan(bpf, self.tracked())
 
     def tick(self, bpf, out: list[Event]) -> None:
-        self.libs.scan(bpf)
+        self.libs.scan(bpf, self.tracked())
 
     def notices(self) -> list[str]:
         return self.libs.notices()
