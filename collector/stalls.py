@@ -49,15 +49,13 @@ class StallAnalysis:
         self.main_tid: int | None = None
         self.loops: set[int] = set()  # processes running a training loop (DDP ranks)
         self.parent: dict[int, int] = {}
-        self.main: list[tuple[int, str]] = []          # (ts, phase)
-        self.main_detail: Counter = Counter()           # data-wait sub-phase -> ns
+        self.main: list[tuple[int, str, str]] = []     # (ts, phase, data-wait detail)
         self.main_last_phase = COMPUTE
         self.main_last_ts = 0
         self.workers: set[int] = set()
         self.worker_first: dict[int, int] = {}          # pid -> first sample ts
         self.worker_ready: set[int] = set()
         self.worker_cat: Counter = Counter()            # during stalls: category -> samples
-        self.worker_cat_all: Counter = Counter()
         self.stall_frames: Counter = Counter()          # worker stacks during stalls
         self.main_frames: Counter = Counter()           # main stacks while waiting for data
         self.io_last: dict[int, tuple[int, int]] = {}   # tid -> last data-IO (start, end)
@@ -69,7 +67,6 @@ class StallAnalysis:
         self.names: dict[int, str] = {}
         self.h2d_bytes = 0
         self.first_ts = self.last_ts = 0
-        self._prev_main: tuple[int, str] | None = None
 
     # -- feeding -------------------------------------------------------------
     def feed(self, batch) -> None:
@@ -122,7 +119,6 @@ class StallAnalysis:
             if self.main_tid is None or (s.pid == self.root and self.main_pid != self.root):
                 self.main_pid, self.main_tid = s.pid, s.tid
                 self.main.clear()
-                self._prev_main = None
         if s.tid == self.main_tid:
             self._main_sample(s)
         elif in_worker and s.tid == s.pid and self.parent.get(s.pid, self.main_pid) == self.main_pid:
@@ -141,16 +137,10 @@ class StallAnalysis:
             phase = DATA
         else:
             phase = COMPUTE
-        if self._prev_main is not None:
-            pts, pphase, pdetail = self._prev_main
-            dt = min(s.ts - pts, 3 * self.period)
-            if pphase == DATA:
-                self.main_detail[pdetail] += dt
         detail = self._data_detail(s) if phase == DATA else ""
         if phase == DATA:
             self.main_frames[tuple(_label(f) for f in frames[-6:])] += 1
-        self._prev_main = (s.ts, phase, detail)
-        self.main.append((s.ts, phase))
+        self.main.append((s.ts, phase, detail))
         self.main_last_phase, self.main_last_ts = phase, s.ts
 
     def _data_detail(self, s: StackSample) -> str:
@@ -188,7 +178,6 @@ class StallAnalysis:
             cat = "transform"
         else:
             cat = "other"
-        self.worker_cat_all[cat] += 1
         if self.main_last_phase == DATA and s.ts - self.main_last_ts <= 3 * self.period:
             self.worker_cat[cat] += 1
             if cat in ("fetch", "transform"):
@@ -200,7 +189,7 @@ class StallAnalysis:
     def stall_intervals(self) -> list[tuple[int, int]]:
         """Runs of main-thread samples waiting for data: the Verdict track."""
         out, start = [], None
-        for (ts, phase), nxt in zip(self.main, self.main[1:] + [(self.last_ts, "")], strict=False):
+        for (ts, phase, _), nxt in zip(self.main, self.main[1:] + [(self.last_ts, "", "")], strict=False):
             if phase == DATA and start is None:
                 start = ts
             if phase == DATA and nxt[1] != DATA:
@@ -263,7 +252,9 @@ class StallAnalysis:
         stall_ns = phase_ns[DATA]
         stall_ms = stall_ns / 1e6
         n_workers = self._concurrent_workers()
-        detail = self.main_detail
+        detail = Counter()  # where the analysed steps' data wait went
+        for st in steps:
+            detail.update(st.detail)
         dtotal = sum(detail.values()) or 1
         wcat = self.worker_cat
         wtotal = sum(wcat.values()) or 1

@@ -18,6 +18,7 @@ class Step:
     start_ns: int
     end_ns: int
     phases: dict[str, int] = field(default_factory=dict)  # phase -> ns
+    detail: dict[str, int] = field(default_factory=dict)  # where data-wait time went -> ns
     samples: int = 0
 
     @property
@@ -35,8 +36,8 @@ class Step:
         return d
 
 
-def build_steps(samples: list[tuple[int, str]], period_ns: int) -> list[Step]:
-    """samples: (ts, phase) of the main thread in time order. Each sample
+def build_steps(samples: list[tuple[int, str, str]], period_ns: int) -> list[Step]:
+    """samples: (ts, phase, detail) of the main thread in time order. Each sample
     stands for the time until the next one (capped at 5 periods, so a gap in
     sampling is not claimed by one phase). Partial steps at the edges are
     dropped, and the first complete step too (warm-up)."""
@@ -46,8 +47,11 @@ def build_steps(samples: list[tuple[int, str]], period_ns: int) -> list[Step]:
     for n, (a, b) in enumerate(zip(starts, starts[1:], strict=False)):
         s = Step(n, samples[a][0], samples[b][0])
         for i in range(a, b):
-            dt = min(samples[i + 1][0] - samples[i][0], 5 * period_ns)
-            s.phases[samples[i][1]] = s.phases.get(samples[i][1], 0) + dt
+            ts, phase, detail = samples[i]
+            dt = min(samples[i + 1][0] - ts, 5 * period_ns)
+            s.phases[phase] = s.phases.get(phase, 0) + dt
+            if detail:
+                s.detail[detail] = s.detail.get(detail, 0) + dt
             s.samples += 1
         steps.append(s)
     steps = steps[1:]
