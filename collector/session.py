@@ -103,7 +103,6 @@ class Session:
         writer = TraceWriter(self.output)
         timeline = Timeline(writer)
         self.t0 = time.monotonic()
-        self.attached_ns = time.monotonic_ns()
         try:
             self._start_sources()
             self.attach_s = time.monotonic() - self.t0

@@ -101,10 +101,7 @@ class Timeline:
             self._rename(ev)
         elif t is Loss:
             total = self.lost[ev.source] = self.lost.get(ev.source, 0) + ev.count
-            track = self.counters.get((0, f"lost events: {ev.source}"))
-            if track is None:
-                track = self.counter_track(0, f"lost events: {ev.source}", "count")
-            self.w.counter(track, ev.ts, total)
+            self.w.counter(self.counter_track(0, f"lost events: {ev.source}", "count"), ev.ts, total)
         elif t is StackSample:
             self.python.add(ev)
         self.w.maybe_flush()
