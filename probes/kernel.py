@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .events import Event, Loss
-from .source import Source, SourceError
+from .source import Source, SourceError, SourceStats
 
 HERE = Path(__file__).resolve().parent
 
@@ -263,14 +263,9 @@ class KernelProbes(Source):
                     list(pool.map(_quiet, jobs))
             bpf.cleanup()
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> SourceStats:
         lost = {k: self._kdrops[k] + self._decode_errors[k] for k in self._events}
-        return {
-            "events": sum(self._events.values()),
-            "lost": sum(lost.values()),
-            **{f"{k}.events": v for k, v in self._events.items()},
-            **{f"{k}.lost": v for k, v in lost.items()},
-        }
+        return SourceStats(events=dict(self._events), lost=lost)
 
     def notices(self) -> list[str]:
         return [n for p in self.probes for n in p.notices()]

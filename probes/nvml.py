@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable
 
 from .events import GPU, CounterSample, Event, Instant
-from .source import Source, SourceError
+from .source import Source, SourceError, SourceStats
 
 SLOW_EVERY_S = 1.0
 
@@ -80,8 +80,8 @@ class NvmlSource(Source):
             except nv.NVMLError:
                 pass
 
-    def stats(self) -> dict[str, int]:
-        return {"events": self.samples, "lost": self.errors}
+    def stats(self) -> SourceStats:
+        return SourceStats(events={self.name: self.samples}, lost={self.name: self.errors})
 
     def notices(self) -> list[str]:
         out = []

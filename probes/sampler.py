@@ -20,7 +20,7 @@ from .events import Event, Frame, Loss, StackSample
 from .procmem import NoPermission, ProcessGone, ProcessMemory, ReadError
 from .pyruntime import NotPython, Runtime, UnsupportedVersion, find_runtime, runtime_for_child
 from .pystack import Walker
-from .source import Source, SourceError
+from .source import Source, SourceError, SourceStats
 
 MAX_QUEUED = 1_000_000
 
@@ -132,12 +132,13 @@ class PythonSampler(Source):
             t.join(timeout=5)
         self._states.close()
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> SourceStats:
         with self._lock:
             out = dict(self._counts)
         elapsed = (time.monotonic() - self._started_at) if self._started_at else 0.0
         out["samples_per_s"] = round(out["ticks"] / elapsed) if elapsed > 0 else 0
-        return out
+        return SourceStats(events={self.name: out.pop("events")},
+                           lost={self.name: out.pop("lost")}, counters=out)
 
     def notices(self) -> list[str]:
         with self._lock:
