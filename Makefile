@@ -15,7 +15,7 @@ test: setup lint
 	$(PY) -m pytest tests
 
 lint: setup
-	$(VENV)/bin/ruff check probes collector viewer samples tests bench
+	$(VENV)/bin/ruff check probes collector viewer sidecar samples tests bench
 
 bench: setup
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

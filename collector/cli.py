@@ -13,48 +13,11 @@ import time
 from gpuscope.probes import procfs
 from gpuscope.probes.source import SourceError
 
-EXIT_USAGE, EXIT_FAILED, EXIT_PRIVILEGE = 2, 1, 77
+from .errors import EXIT_USAGE, CliError, check_privileges
+from .options import CaptureOptions, add_capture_flags, build_sources
+
 _HOLD = ("import os, sys\nfd = int(sys.argv[1])\nos.read(fd, 1)\nos.close(fd)\n"
          "os.execvp(sys.argv[2], sys.argv[2:])")
-
-
-class CliError(Exception):
-    def __init__(self, message: str, code: int = EXIT_FAILED):
-        super().__init__(message)
-        self.code = code
-
-
-def build_sources(args):
-    from gpuscope.probes.io import IoProbe
-    from gpuscope.probes.kernel import KernelProbes
-    from gpuscope.probes.proc import ProcProbe
-    from gpuscope.probes.sched import SchedProbe
-
-    proc, io = ProcProbe(), IoProbe()
-    proc.listeners.append(io)
-    probes = [proc, io]
-    if args.sched:
-        probes.append(SchedProbe(min_offcpu_us=args.min_offcpu_us))
-    if args.cuda:
-        from gpuscope.probes.cuda import CudaProbe
-
-        cuda = CudaProbe()
-        proc.listeners.append(cuda)
-        probes.append(cuda)
-    if args.nccl:
-        from gpuscope.probes.nccl import NcclProbe
-
-        probes.append(NcclProbe())
-    sources = [KernelProbes(probes)]
-    if args.python:
-        from gpuscope.probes.sampler import PythonSampler
-
-        sources.append(PythonSampler(rate_hz=args.rate))
-    if args.nvml:
-        from gpuscope.probes.nvml import NvmlSource
-
-        sources.append(NvmlSource(interval_s=1.0 / args.nvml_hz))
-    return sources
 
 
 def default_output(pid: int) -> str:
@@ -74,33 +37,23 @@ def check_output(path: str) -> None:
                        "(choose another path with -o)", EXIT_USAGE) from None
 
 
-def check_privileges() -> None:
-    from .doctor import missing_capabilities
-
-    missing = missing_capabilities()
-    if missing:
-        raise CliError("gpuscope needs root, or the capabilities " + ", ".join(missing) +
-                       ": run it with sudo (or grant them, e.g. setcap / securityContext)",
-                       EXIT_PRIVILEGE)
-
-
-def capture(args, pid: int, on_attached=None, command=None):
+def capture(opts: CaptureOptions, pid: int, on_attached=None, command=None):
     from .session import Session
     from .status import StatusLine
 
-    if args.ebpf:
-        for src in build_sources(args):
+    if opts.ebpf:
+        for src in build_sources(opts):
             if hasattr(src, "expanded_source"):  # the eBPF source; others load nothing
                 print(src.expanded_source())
         return None
-    output = args.output or default_output(pid)
+    output = opts.output or default_output(pid)
     check_output(output)
     from .stalls import StallAnalysis
 
-    session = Session(pid, build_sources(args), output, duration=args.duration,
-                      subprocesses=args.subprocesses,
-                      status=None if args.quiet else StatusLine(), command=command,
-                      analysis=StallAnalysis(pid, rate_hz=args.rate) if args.python else None)
+    session = Session(pid, build_sources(opts), output, duration=opts.duration,
+                      subprocesses=opts.subprocesses,
+                      status=None if opts.quiet else StatusLine(), command=command,
+                      analysis=StallAnalysis(pid, rate_hz=opts.rate) if opts.python else None)
     session.install_signal_handlers()
 
     def attached(s):
@@ -151,7 +104,7 @@ def cmd_attach(args) -> int:
         raise CliError(f"no running process with PID {pid} (check `ps -ef`, or start the "
                        "job under gpuscope with `gpuscope run -- CMD`)", EXIT_USAGE)
     check_privileges()
-    cap = capture(args, pid)
+    cap = capture(CaptureOptions.from_args(args), pid)
     if cap is not None and cap.reason == "target exited during attach":
         raise CliError(f"process {pid} exited while gpuscope was attaching; "
                        f"what was captured is in {cap.trace}")
@@ -178,7 +131,7 @@ def cmd_run(args) -> int:
         os.close(w)
 
     try:
-        capture(args, child.pid, on_attached=release, command=cmd)
+        capture(CaptureOptions.from_args(args), child.pid, on_attached=release, command=cmd)
     finally:
         try:
             os.close(w)
@@ -229,13 +182,12 @@ def cmd_doctor(args) -> int:
     return run_doctor(args.pid)
 
 
-def cmd_sidecar(args) -> int:
-    from . import sidecar
+def cmd_sidecar(argv: list[str]) -> int:
+    """The sidecar is its own package on top of the collector; only this
+    dispatch reaches it (the collector never imports it otherwise)."""
+    from gpuscope.sidecar.cli import main as sidecar_main
 
-    try:
-        return sidecar.run(args)
-    except sidecar.CliError as e:
-        raise CliError(str(e), e.code) from None
+    return sidecar_main(argv)
 
 
 def cmd_view(args) -> int:
@@ -271,40 +223,6 @@ def cmd_view(args) -> int:
     return 0
 
 
-def add_probe_flags(p: argparse.ArgumentParser, min_offcpu_us: int = 50, nvml_hz: float = 10.0,
-                    rate: float = 100, cheaper: str = "") -> None:
-    """Which sources run, for `attach`/`run` and (with cheaper always-on
-    defaults) the sidecar."""
-    why = f": {cheaper}" if cheaper else ""
-    p.add_argument("--sched", action=argparse.BooleanOptionalAction, default=True,
-                   help="trace off-CPU waits (default on)")
-    p.add_argument("--min-offcpu-us", type=int, default=min_offcpu_us,
-                   help=f"shortest off-CPU wait to record, µs (default {min_offcpu_us}{why})")
-    p.add_argument("--python", action=argparse.BooleanOptionalAction, default=True,
-                   help="sample every thread's Python stack (default on; needed for the verdict)")
-    p.add_argument("-r", "--rate", type=float, default=rate,
-                   help=f"Python stack samples per second (default {rate:g}{why})")
-    p.add_argument("--cuda", action=argparse.BooleanOptionalAction, default=True,
-                   help="trace CUDA runtime and driver calls (default on)")
-    p.add_argument("--nccl", action=argparse.BooleanOptionalAction, default=True,
-                   help="trace NCCL collectives (default on)")
-    p.add_argument("--nvml", action=argparse.BooleanOptionalAction, default=True,
-                   help="poll NVML GPU counters (default on)")
-    p.add_argument("--nvml-hz", type=float, default=nvml_hz,
-                   help=f"NVML polling rate, per second (default {nvml_hz:g})")
-
-
-def add_capture_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-o", "--output", help="trace file (.pftrace); default gpuscope-PID-TIME.pftrace")
-    p.add_argument("-d", "--duration", type=float, help="seconds to capture (default: until "
-                   "Ctrl-C or the target exits)")
-    p.add_argument("--subprocesses", action=argparse.BooleanOptionalAction, default=True,
-                   help="follow child processes: DataLoader workers, ranks (default on)")
-    add_probe_flags(p)
-    p.add_argument("--ebpf", action="store_true", help="print the eBPF program and exit")
-    p.add_argument("-q", "--quiet", action="store_true", help="no live status line")
-
-
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="gpuscope", description="Live eBPF profiler for GPU "
                                  "training jobs: attach by PID, get a Perfetto timeline.")
@@ -329,18 +247,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
     p.set_defaults(func=cmd_view)
-    p = sub.add_parser("sidecar", help="run beside a training job (Kubernetes pod): metrics, "
-                       "flight recorder, captures on request over HTTP")
-    from .sidecar import add_arguments
-
-    add_arguments(p)
-    p.set_defaults(func=cmd_sidecar)
+    p = sub.add_parser("sidecar", add_help=False, help="run beside a training job (Kubernetes "
+                       "pod): metrics, flight recorder, captures on request over HTTP")
+    p.add_argument("argv", nargs=argparse.REMAINDER, help="see gpuscope sidecar --help")
+    p.set_defaults(func=lambda a: cmd_sidecar(a.argv))
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
     try:
+        if argv[:1] == ["sidecar"]:  # its flags are the sidecar package's own
+            return cmd_sidecar(argv[1:])
+        args = parser().parse_args(argv)
         return args.func(args)
     except CliError as e:
         sys.stderr.write(f"gpuscope: {e}\n")

@@ -73,9 +73,9 @@ def test_pod_shares_pids_and_grants_only_what_is_documented():
 
 
 def test_pod_args_are_sidecar_flags():
-    from gpuscope.collector.cli import parser
+    from gpuscope.sidecar.cli import parser  # what `gpuscope sidecar ARGS` parses ARGS with
 
-    args = parser().parse_args(["sidecar", *sidecar_container()["args"]])
+    args = parser().parse_args(sidecar_container()["args"])
     assert args.host_proc == "/host/proc" and args.token_file.endswith("/token")
     secret = by_kind("Secret")
     vol = next(v for v in by_kind("Pod")["spec"]["volumes"] if v["name"] == "token")

@@ -12,10 +12,10 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gpuscope.collector.flightrec import FlightRecorder
-from gpuscope.collector.metrics import Metrics
-from gpuscope.collector.pidns import PidNamespace
 from gpuscope.probes.events import CounterSample, Span
+from gpuscope.sidecar.flightrec import FlightRecorder
+from gpuscope.sidecar.metrics import Metrics
+from gpuscope.sidecar.pidns import PidNamespace
 
 
 def test_translation_against_a_real_pid_namespace():

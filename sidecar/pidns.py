@@ -36,7 +36,7 @@ from gpuscope.probes.events import (
     ThreadName,
 )
 from gpuscope.probes.kernel import KernelProbes
-from gpuscope.probes.source import Source, SourceError
+from gpuscope.probes.source import Source, SourceError, SourceStats
 
 INIT_PIDNS_INO = 0xEFFFFFFC   # PROC_PID_INIT_INO: the initial PID namespace
 DEFAULT_HOST_PROC = "/host/proc"
@@ -263,10 +263,9 @@ class NamespacedKernelProbes(KernelProbes):
             if kid is not None:
                 self.pidns.forget(kid)
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> SourceStats:
         st = super().stats()
-        st["pidns.lost"] = self._untranslated
-        st["lost"] += self._untranslated
+        st.lost["pidns"] = self._untranslated
         return st
 
 
@@ -329,9 +328,9 @@ class TranslatedSource(Source):
     def stop(self) -> None:
         self.inner.stop()
 
-    def stats(self) -> dict[str, int]:
-        st = dict(self.inner.stats())
-        st["lost"] = st.get("lost", 0) + self.dropped
+    def stats(self) -> SourceStats:
+        st = self.inner.stats()
+        st.lost[self.name] = st.lost.get(self.name, 0) + self.dropped
         return st
 
     def notices(self) -> list[str]:

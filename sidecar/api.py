@@ -80,9 +80,11 @@ def metrics():
 @bp.get("/v1/target")
 def target():
     m = _sidecar().monitor
+    st = m.stats()
     return jsonify({"pid": m.target, "command": m.command, "processes": sorted(m.processes),
                     "attached_unix_s": m.attached_at, "restarts": m.restarts,
-                    "error": m.error, "stats": m.stats(), "notices": m.notices()})
+                    "error": m.error, "stats": {"events": st.events, "lost": st.lost},
+                    "notices": m.notices()})
 
 
 @bp.post("/v1/captures")

@@ -1,7 +1,7 @@
 """The flight recorder: the last N seconds of detailed events, in bounded memory.
 
-Batches are kept as they arrive (the sources' own batches, not yet merged),
-with an estimate of their size; the oldest batches go when the window is
+A consumer of the pipeline: batches are kept as they come (time-ordered,
+after the merge), with an estimate of their size; the oldest batches go when the window is
 older than `seconds`, or the events exceed `max_events`, or the estimated
 bytes exceed `max_bytes`. A snapshot is a time-ordered list ready to be
 written before a capture's live events."""
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import operator
 import threading
+import time
 from collections import deque
 
 from gpuscope.probes.events import CounterSample, Event, Instant, Span, StackSample
@@ -61,6 +62,12 @@ class FlightRecorder:
             self.events += len(batch)
             self.bytes += size
             self._trim(now_ns)
+
+    def feed(self, batch: list[Event]) -> None:
+        self.add(batch, time.monotonic_ns())
+
+    def close(self) -> None:
+        """The window stays readable: the pipeline closes its consumers on stop."""
 
     def _trim(self, now_ns: int) -> None:
         horizon = now_ns - self.window_ns

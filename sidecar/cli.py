@@ -17,19 +17,14 @@ import sys
 import threading
 import time
 
-EXIT_USAGE, EXIT_FAILED = 2, 1   # as collector/cli.py
-
-
-class CliError(Exception):
-    """An expected failure: one line of advice; `gpuscope sidecar` exits with `code`.
-    (Its own class: `python -m gpuscope.collector.cli` loads cli.py twice.)"""
-
-    def __init__(self, message: str, code: int = EXIT_FAILED):
-        super().__init__(message)
-        self.code = code
+from gpuscope.collector.errors import EXIT_USAGE, CliError, check_privileges
+from gpuscope.collector.options import CaptureOptions, add_probe_flags, build_sources
 
 DEFAULT_LISTEN = "0.0.0.0:9400"
 DEFAULT_CAPTURES = "/var/lib/gpuscope/captures"
+# Probe selection as for `gpuscope attach`, with cheaper always-on defaults;
+# the sidecar follows every process of the target's tree and stops on no duration.
+ALWAYS_ON = CaptureOptions(min_offcpu_us=200, nvml_hz=2.0, rate=50)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,26 +53,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host-proc", metavar="DIR", help="the host's procfs, to translate kernel "
                    "PIDs to the pod's (default /host/proc when gpuscope runs in a PID namespace)")
     p.add_argument("--viewer", action="store_true", help="serve the web viewer under /viewer/")
-    # Probe selection, as for `gpuscope attach`, with cheaper always-on defaults.
-    from .cli import add_probe_flags
-
-    add_probe_flags(p, min_offcpu_us=200, nvml_hz=2.0, rate=50, cheaper="cheaper always-on")
+    add_probe_flags(p, ALWAYS_ON, cheaper="cheaper always-on")
     p.add_argument("--analyze-every", type=float, default=30.0, metavar="S",
                    help="run the stall analysis over the flight recorder every S seconds, "
                    "for the data-wait and step-time metrics; 0: only on captures (default 30)")
 
 
-def capture_args(args) -> argparse.Namespace:
-    """`args` completed with the defaults of every `gpuscope attach` flag the
-    sidecar does not set itself, so build_sources() sees what it expects."""
-    from .cli import add_capture_flags
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gpuscope sidecar", description="Run beside a training "
+                                "job (Kubernetes pod): metrics, flight recorder, captures on "
+                                "request over HTTP. See docs/sidecar.md.")
+    add_arguments(p)
+    return p
 
-    p = argparse.ArgumentParser(add_help=False)
-    add_capture_flags(p)
-    merged = vars(p.parse_args([]))
-    merged.update(vars(args))
-    merged["ebpf"] = False
-    return argparse.Namespace(**merged)
+
+def main(argv: list[str]) -> int:
+    """`gpuscope sidecar ARGS`; expected failures raise CliError (cli.main prints them)."""
+    return run(parser().parse_args(argv))
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -131,7 +123,7 @@ def analyze_loop(monitor, flight, metrics, rate_hz: float, every_s: float) -> No
     """Always-on data-wait share and step time: the stall analysis over the
     flight recorder's window (bounded by it), every `every_s` seconds."""
     try:
-        from .stalls import StallAnalysis
+        from gpuscope.collector.stalls import StallAnalysis
     except ImportError as e:
         log(f"stall analysis unavailable ({e}): data-wait metrics only from captures")
         return
@@ -167,14 +159,13 @@ def run(args) -> int:
 
     from .api import create_app, with_viewer
     from .captures import Captures
-    from .cli import build_sources, check_privileges
     from .discover import find_target, own_tree
     from .flightrec import FlightRecorder
     from .metrics import Metrics
     from .monitor import Monitor
     from .pidns import PidNamespace, namespaced
 
-    args = capture_args(args)
+    opts = CaptureOptions.from_args(args, ALWAYS_ON)
     token = load_token(args)
     host, port = parse_listen(args.listen)
     try:
@@ -183,10 +174,7 @@ def run(args) -> int:
         raise CliError(f"--match {args.match!r}: {e}", EXIT_USAGE) from None
     if args.flight_seconds < 0 or args.max_duration <= 0:
         raise CliError("--flight-seconds must be >= 0 and --max-duration > 0", EXIT_USAGE)
-    try:
-        check_privileges()
-    except Exception as e:  # cli.CliError, possibly of another copy of cli.py
-        raise CliError(str(e), getattr(e, "code", EXIT_FAILED)) from None
+    check_privileges()
     try:
         pidns = PidNamespace.detect(args.host_proc)
     except SourceError as e:
@@ -203,11 +191,11 @@ def run(args) -> int:
     metrics = Metrics()
     flight = FlightRecorder(args.flight_seconds, args.flight_max_events,
                             args.flight_max_mb << 20)
-    monitor = Monitor(lambda: namespaced(build_sources(args), pidns),
+    monitor = Monitor(lambda: namespaced(build_sources(opts), pidns),
                       lambda: find_target(match, own_tree()), metrics, flight, log)
     captures = Captures(monitor, args.captures, metrics, keep=args.keep,
                         max_duration_s=args.max_duration,
-                        analysis_rate_hz=args.rate if args.python else None)
+                        analysis_rate_hz=opts.rate if opts.python else None)
     app = create_app(Sidecar(monitor, captures, metrics, note), token, args.metrics_auth)
     wsgi = with_viewer(app, args.captures, token, log) if args.viewer else app
     try:
@@ -225,8 +213,8 @@ def run(args) -> int:
     log(f"looking for the training process ({'--match ' + args.match if match else 'Python with torch/CUDA libraries'}); "
         f"API on http://{host}:{server.server_port} ({'token required' if token else 'NO AUTH'})")
     monitor.start()
-    if args.analyze_every > 0 and args.python and flight.enabled:
-        threading.Thread(target=analyze_loop, args=(monitor, flight, metrics, args.rate,
+    if args.analyze_every > 0 and opts.python and flight.enabled:
+        threading.Thread(target=analyze_loop, args=(monitor, flight, metrics, opts.rate,
                                                      args.analyze_every),
                          name="gpuscope-analysis", daemon=True).start()
     try:

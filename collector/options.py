@@ -1,0 +1,106 @@
+"""What a capture runs and for how long: one typed object, built from the
+command line (`attach`/`run`) or from the sidecar's always-on defaults; the
+command-line flags that set it (their defaults come from the object); and the
+sources it selects."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+
+from gpuscope.probes.source import Source
+
+
+@dataclass(frozen=True)
+class CaptureOptions:
+    sched: bool = True              # off-CPU waits
+    min_offcpu_us: int = 50         # shortest off-CPU wait recorded
+    python: bool = True             # Python stack sampler (needed for the verdict)
+    rate: float = 100               # Python samples per second
+    cuda: bool = True
+    nccl: bool = True
+    nvml: bool = True
+    nvml_hz: float = 10.0
+    subprocesses: bool = True       # follow DataLoader workers, ranks
+    duration: float | None = None   # seconds; None: until stopped or the target exits
+    output: str | None = None       # trace path; None: gpuscope-PID-TIME.pftrace
+    quiet: bool = False             # no status line
+    ebpf: bool = False              # print the eBPF program instead of loading it
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, base: CaptureOptions | None = None
+                  ) -> CaptureOptions:
+        """The options the parsed flags set; the others from `base` (default: ours)."""
+        given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+                 if hasattr(args, f.name)}
+        return dataclasses.replace(base or cls(), **given)
+
+
+def add_probe_flags(p: argparse.ArgumentParser, d: CaptureOptions = CaptureOptions(),
+                    cheaper: str = "") -> None:
+    """Which sources run, for `attach`/`run` and (with cheaper always-on
+    defaults `d`) the sidecar."""
+    why = f": {cheaper}" if cheaper else ""
+    p.add_argument("--sched", action=argparse.BooleanOptionalAction, default=d.sched,
+                   help="trace off-CPU waits (default on)")
+    p.add_argument("--min-offcpu-us", type=int, default=d.min_offcpu_us,
+                   help=f"shortest off-CPU wait to record, µs (default {d.min_offcpu_us}{why})")
+    p.add_argument("--python", action=argparse.BooleanOptionalAction, default=d.python,
+                   help="sample every thread's Python stack (default on; needed for the verdict)")
+    p.add_argument("-r", "--rate", type=float, default=d.rate,
+                   help=f"Python stack samples per second (default {d.rate:g}{why})")
+    p.add_argument("--cuda", action=argparse.BooleanOptionalAction, default=d.cuda,
+                   help="trace CUDA runtime and driver calls (default on)")
+    p.add_argument("--nccl", action=argparse.BooleanOptionalAction, default=d.nccl,
+                   help="trace NCCL collectives (default on)")
+    p.add_argument("--nvml", action=argparse.BooleanOptionalAction, default=d.nvml,
+                   help="poll NVML GPU counters (default on)")
+    p.add_argument("--nvml-hz", type=float, default=d.nvml_hz,
+                   help=f"NVML polling rate, per second (default {d.nvml_hz:g}{why})")
+
+
+def add_capture_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", help="trace file (.pftrace); default gpuscope-PID-TIME.pftrace")
+    p.add_argument("-d", "--duration", type=float, help="seconds to capture (default: until "
+                   "Ctrl-C or the target exits)")
+    p.add_argument("--subprocesses", action=argparse.BooleanOptionalAction, default=True,
+                   help="follow child processes: DataLoader workers, ranks (default on)")
+    add_probe_flags(p)
+    p.add_argument("--ebpf", action="store_true", help="print the eBPF program and exit")
+    p.add_argument("-q", "--quiet", action="store_true", help="no live status line")
+
+
+def build_sources(opts: CaptureOptions) -> list[Source]:
+    """The eBPF source first: the pipeline treats it as required (without it
+    there is nothing to trace); the others are optional."""
+    from gpuscope.probes.io import IoProbe
+    from gpuscope.probes.kernel import KernelProbes
+    from gpuscope.probes.proc import ProcProbe
+    from gpuscope.probes.sched import SchedProbe
+
+    proc, io = ProcProbe(), IoProbe()
+    proc.listeners.append(io)
+    probes = [proc, io]
+    if opts.sched:
+        probes.append(SchedProbe(min_offcpu_us=opts.min_offcpu_us))
+    if opts.cuda:
+        from gpuscope.probes.cuda import CudaProbe
+
+        cuda = CudaProbe()
+        proc.listeners.append(cuda)
+        probes.append(cuda)
+    if opts.nccl:
+        from gpuscope.probes.nccl import NcclProbe
+
+        probes.append(NcclProbe())
+    sources: list[Source] = [KernelProbes(probes)]
+    if opts.python:
+        from gpuscope.probes.sampler import PythonSampler
+
+        sources.append(PythonSampler(rate_hz=opts.rate))
+    if opts.nvml:
+        from gpuscope.probes.nvml import NvmlSource
+
+        sources.append(NvmlSource(interval_s=1.0 / opts.nvml_hz))
+    return sources

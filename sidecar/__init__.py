@@ -1,0 +1,1 @@
+"""gpuscope sidecar: always-on beside a training job (see docs/sidecar.md)."""
