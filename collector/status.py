@@ -18,19 +18,19 @@ class StatusLine:
         self.prev_t = time.monotonic()
         self.shown = False
 
-    def update(self, session) -> None:
+    def update(self, counts: dict[str, int], elapsed_s: float, processes: int,
+               lost: int) -> None:
         now = time.monotonic()
         if now - self.last < self.every_s:
             return
         self.last = now
-        counts = dict(session.counts)
+        counts = dict(counts)
         dt = max(now - self.prev_t, 1e-6)
         rates = " ".join(f"{k} {int((v - self.prev.get(k, 0)) / dt)}/s"
                          for k, v in sorted(counts.items()))
         self.prev, self.prev_t = counts, now
-        lost = sum(src.stats().get("lost", 0) for src in session._started)
-        line = (f"gpuscope {now - session.t0:6.1f}s | {rates or 'no events yet'} | "
-                f"{len(session.processes)} proc | lost {lost}")
+        line = (f"gpuscope {elapsed_s:6.1f}s | {rates or 'no events yet'} | "
+                f"{processes} proc | lost {lost}")
         if self.tty:
             self.stream.write("\r\x1b[K" + line)
         else:

@@ -12,26 +12,27 @@ import time
 SCHEMA_VERSION = 1
 
 
-def write_summary(session, cap, writer) -> dict:
+def write_summary(cap, *, pid: int, command: list[str], writer, attach_s: float,
+                  counts: dict[str, int], result: dict) -> dict:
     doc = {
         "schema_version": SCHEMA_VERSION,
         "gpuscope": "0.1.0",
-        "target": {"pid": session.pid, "command": session.command},
+        "target": {"pid": pid, "command": command},
         "trace": os.path.basename(cap.trace),
         "trace_bytes": writer.bytes_written,
         "trace_packets": writer.packets,
         "started_unix_s": round(time.time() - cap.duration_s, 3),
         "duration_s": round(cap.duration_s, 3),
-        "attach_s": round(getattr(session, "attach_s", 0.0), 3),
+        "attach_s": round(attach_s, 3),
         "stop_reason": cap.reason,
         "processes": cap.processes,
         "events": cap.events,
-        "events_written": session.counts,
+        "events_written": counts,
         "lost": cap.lost,
         "notices": cap.notices,
     }
     # The stall analysis: verdict, steps, stall_frames, main_wait_frames, top_files.
-    doc.update(getattr(session, "result", None) or {})
+    doc.update(result or {})
     tmp = cap.summary_path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(doc, f, indent=2, sort_keys=True)

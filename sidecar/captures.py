@@ -1,7 +1,8 @@
-"""Captures on request: one at a time, each a normal Session whose only source
-is a tap on the always-on monitor (the probes are attached once, for good),
-optionally preceded by the flight recorder's last seconds. Each capture is
-<dir>/<id>.pftrace + <id>.summary.json, exactly what `gpuscope attach` writes."""
+"""Captures on request, one at a time: each is a Recording (trace, stall
+analysis, summary) added as a consumer to the monitor's running pipeline (the
+probes are attached once, for good), optionally preceded by the flight
+recorder's last seconds. Each capture is <dir>/<id>.pftrace +
+<id>.summary.json, exactly what `gpuscope attach` writes."""
 
 from __future__ import annotations
 
@@ -9,90 +10,20 @@ import os
 import secrets
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
-from gpuscope.probes.events import Event, Loss
-from gpuscope.probes.source import Source
+from gpuscope.collector.recording import Recording
 
 from .metrics import Metrics
 from .monitor import Monitor
 
 MAX_DURATION_S = 3600.0
-TAP_MAX_EVENTS = 2_000_000   # a capture that falls this far behind loses events, counted
 
 
 class CaptureError(Exception):
     def __init__(self, message: str, status: int):
         super().__init__(message)
         self.status = status
-
-
-class TapSource(Source):
-    """The monitor's stream from now on (and its flight recorder before), as a Source."""
-
-    name = "ebpf"
-
-    def __init__(self, monitor: Monitor, with_flight: bool):
-        self.monitor, self.with_flight = monitor, with_flight
-        self._pending: deque[list[Event]] = deque()
-        self._n = 0
-        self._cv = threading.Condition()
-        self.lost = 0
-        self.replayed = 0
-        self._base: dict[str, int] = {}
-        self._end: dict[str, int] | None = None
-
-    def start(self, pids) -> None:
-        self._base = self.monitor.stats()
-        first = self.monitor.add_tap(self._put, self.with_flight)
-        self.replayed = sum(1 for ev in first if type(ev).__name__ != "ThreadName")
-        if first:
-            with self._cv:
-                self._pending.appendleft(first)
-                self._n += len(first)
-
-    def _put(self, batch: list[Event]) -> None:
-        with self._cv:
-            if self._n + len(batch) > TAP_MAX_EVENTS:
-                self.lost += len(batch)
-                batch = [Loss("capture", batch[-1].ts, len(batch), "capture fell behind")]
-            self._pending.append(batch)
-            self._n += len(batch)
-            self._cv.notify()
-
-    def poll(self, timeout_s: float) -> list[Event]:
-        with self._cv:
-            if not self._pending:
-                self._cv.wait(timeout_s)
-            out: list[Event] = []
-            while self._pending:
-                out.extend(self._pending.popleft())
-            self._n = 0
-            return out
-
-    def drain(self) -> list[Event]:
-        return self.poll(0)
-
-    def stop(self) -> None:
-        if self._end is None:
-            self.monitor.remove_tap(self._put)
-            self._end = self.monitor.stats()
-
-    def stats(self) -> dict[str, int]:
-        end = self._end if self._end is not None else self.monitor.stats()
-        out = {k: v - self._base.get(k, 0) for k, v in end.items()}
-        if self.lost:
-            out["capture.lost"] = self.lost
-        if self.replayed:
-            out["flightrec.events"] = self.replayed
-        return out
-
-    def notices(self) -> list[str]:
-        out = self.monitor.notices()
-        if self.with_flight:
-            out.append(f"flight recorder: {self.replayed} events from before the request")
-        return out
 
 
 @dataclass
@@ -109,7 +40,8 @@ class Job:
     error: str | None = None
     summary: dict | None = None
     finished_unix_s: float | None = None
-    session: object | None = None
+    stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    stop_reason: str | None = None
 
     def describe(self) -> dict:
         doc = {"id": self.id, "state": self.state, "target_pid": self.target_pid,
@@ -146,8 +78,6 @@ class Captures:
             raise CaptureError(f"duration_s must be > 0 and <= {self.max_duration_s:g}", 400)
         if include_flight and not self.monitor.flight.enabled:
             raise CaptureError("the flight recorder is off (--flight-seconds 0)", 400)
-        from .session import Session
-
         with self._lock:
             running = [j for j in self.jobs.values() if j.state == "running"]
             if running:
@@ -162,46 +92,82 @@ class Captures:
             trace = os.path.join(self.dir, f"{cid}.pftrace")
             job = Job(cid, float(duration_s), bool(include_flight), pid, trace,
                       os.path.splitext(trace)[0] + ".summary.json")
-            job.session = Session(pid, [TapSource(self.monitor, job.include_flight_recorder)],
-                                  trace, duration=job.duration_s, subprocesses=True,
-                                  analysis=self._analysis(pid))
+            try:
+                rec = Recording(trace, pid, list(self.monitor.command), self._analysis(pid))
+            except OSError as e:
+                raise CaptureError(f"cannot write {trace}: {e.strerror}", 500) from None
+            base = self.monitor.stats()
+            t0 = time.monotonic()
+            start = self.monitor.add_capture(rec, job.include_flight_recorder)
             self.jobs[cid] = job
         self.metrics.set("gpuscope_capture_running", 1)
-        threading.Thread(target=self._run, args=(job,), name=f"gpuscope-capture-{cid}",
-                         daemon=True).start()
+        threading.Thread(target=self._run, args=(job, rec, base, start, t0),
+                         name=f"gpuscope-capture-{cid}", daemon=True).start()
         return job
 
     def _analysis(self, pid: int):
         if self.analysis_rate_hz is None:
             return None
         try:
-            from .stalls import StallAnalysis
+            from gpuscope.collector.stalls import StallAnalysis
         except ImportError:
             return None
         return StallAnalysis(pid, rate_hz=self.analysis_rate_hz)
 
-    def _run(self, job: Job) -> None:
+    def _run(self, job: Job, rec: Recording, base, start: dict, t0: float) -> None:
+        pipeline = self.monitor.pipeline
         try:
-            cap = job.session.run()
+            reason = self._wait(job, start["generation"], t0)
+            pipeline.remove_consumer(rec, flush=True)
+            stats = self.monitor.stats() - base
+            if start["replayed"]:
+                stats.events["flightrec"] = start["replayed"]
+            processes = set(start["processes"])
+            if pipeline.generation == start["generation"]:
+                processes |= pipeline.processes - start["seen"]   # forked during the capture
+            notices = self.monitor.notices()
+            if job.include_flight_recorder:
+                notices.append(f"flight recorder: {start['replayed']} events from before "
+                               "the request")
+            cap = rec.finish(reason, time.monotonic() - t0, stats, processes, notices)
+            failed = pipeline.failed.pop(id(rec), None)
+            if failed is not None:
+                raise failed
             job.summary, job.reason, job.state = cap.summary, cap.reason, "done"
             self.metrics.update_from_summary(cap.summary)
         except Exception as e:  # a failed capture is reported, never takes the sidecar down
             job.state, job.error = "failed", f"{type(e).__name__}: {e}"
         finally:
+            pipeline.remove_consumer(rec, flush=False)
+            try:
+                rec.close()
+            except Exception:
+                pass
             job.finished_unix_s = time.time()
-            job.session = None
             self.metrics.set("gpuscope_capture_running", 0)
             self.metrics.inc("gpuscope_captures_total", (("state", job.state),))
             self._expire()
+
+    def _wait(self, job: Job, generation: int, t0: float) -> str:
+        """Why the capture ends: its duration, a stop request, or the target exiting."""
+        pipeline = self.monitor.pipeline
+        while True:
+            left = job.duration_s - (time.monotonic() - t0)
+            if left <= 0:
+                return "duration"
+            if job.stop.wait(min(0.1, left)):
+                return job.stop_reason or "stopped"
+            if pipeline.generation != generation or pipeline.target is None:
+                return "target exited"
 
     def get(self, cid: str) -> Job | None:
         return self.jobs.get(cid)
 
     def stop_all(self, reason: str) -> None:
         for job in list(self.jobs.values()):
-            s = job.session
-            if s is not None:
-                s.request_stop(reason)
+            if job.state == "running" and job.stop_reason is None:
+                job.stop_reason = reason
+                job.stop.set()
 
     def wait_idle(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout

@@ -1,0 +1,99 @@
+"""A recording: the consumer that writes one capture's trace (a Timeline over
+a TraceWriter) and feeds its stall analysis; at the end it writes the
+verdict into the trace and the summary beside it. `attach`/`run` have one
+for the whole run; a sidecar capture adds one to the running pipeline."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from gpuscope.probes.events import CounterSample, Event, Loss, StackSample, ThreadName
+from gpuscope.probes.source import SourceStats
+
+from .perfetto import TraceWriter
+from .summary import write_summary
+from .timeline import Timeline
+from .verdict import verdict_events
+
+
+@dataclass
+class Capture:
+    """What a finished recording hands back (the CLI prints it, the sidecar serves it)."""
+
+    trace: str
+    summary_path: str
+    reason: str
+    duration_s: float
+    events: dict[str, int] = field(default_factory=dict)
+    lost: dict[str, int] = field(default_factory=dict)
+    processes: list[int] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+
+class Recording:
+    name = "trace"
+
+    def __init__(self, output: str, pid: int, command: list[str], analysis=None):
+        self.output, self.pid, self.command = output, pid, command
+        self.writer = TraceWriter(output)
+        self.timeline = Timeline(self.writer)
+        self.analysis = analysis        # the stall analysis: feed(batch), result()
+        self.counts: dict[str, int] = {}  # events written, per category
+        self.result: dict = {}
+        self.notices: list[str] = []
+        self._closed = False
+
+    def feed(self, batch: list[Event]) -> None:
+        add, counts = self.timeline.add, self.counts
+        for ev in batch:
+            add(ev)
+            k = _COUNT_AS.get(type(ev)) or getattr(ev, "cat", None)
+            if k:
+                counts[k] = counts.get(k, 0) + 1
+        self.writer.flush()
+        if self.analysis is not None:
+            try:
+                self.analysis.feed(batch)
+            except Exception as e:  # the trace goes on without a verdict
+                self.notices.append(f"stall analysis failed: {e}")
+                self.analysis = None
+
+    def close(self) -> None:
+        """The verdict into the trace (Verdict track), then the trace finished."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.analysis is not None:
+                try:
+                    self.result = self.analysis.result()
+                    for ev in verdict_events(self.analysis, self.result):
+                        self.timeline.add(ev)
+                except Exception as e:  # the trace must still be finished
+                    self.notices.append(f"stall analysis failed: {e}")
+            self.timeline.close()
+        finally:
+            self.writer.close()
+
+    def finish(self, reason: str, duration_s: float, stats: SourceStats, processes,
+               notices: list[str], attach_s: float = 0.0) -> Capture:
+        """Closes the trace (if not yet) and writes the summary."""
+        self.close()
+        lost = dict(stats.lost)
+        for source, n in self.timeline.lost.items():
+            lost[source] = max(lost.get(source, 0), n)
+        cap = Capture(trace=self.output,
+                      summary_path=os.path.splitext(self.output)[0] + ".summary.json",
+                      reason=reason, duration_s=duration_s, events=dict(stats.events),
+                      lost=lost, processes=sorted(processes),
+                      notices=list(notices) + self.notices)
+        cap.summary = write_summary(cap, pid=self.pid, command=self.command,
+                                    writer=self.writer, attach_s=attach_s,
+                                    counts=self.counts, result=self.result)
+        return cap
+
+
+# What the status line and summary count events as (names and losses are not events of a source).
+_COUNT_AS = {StackSample: "python", CounterSample: "counters", ThreadName: "", Loss: ""}
