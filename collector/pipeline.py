@@ -303,7 +303,10 @@ class Pipeline:
     def _source_stats(self) -> SourceStats:
         out = SourceStats()
         for src in self.sources:
-            out = out + _safe(src.stats, SourceStats())
+            st = _safe(src.stats, SourceStats())
+            # A source that counts nothing still shows, as 0: losses are never omitted.
+            out = out + SourceStats(st.events or {src.name: 0}, st.lost or {src.name: 0},
+                                    st.counters)
         return out
 
     def stats(self) -> SourceStats:
