@@ -7,7 +7,8 @@ Trace messages) for N slices with 5 arguments (a path, ints, a float), plus a
 counter every 10 slices and an instant every 50; names and argument names are
 interned in both. Per slice means the whole run's time over N (the counters
 and instants included); MB/s is per MB of trace written. Times are CPU time of this process. A third row is the
-collector's full path: Timeline.add(Span) -> tracks -> TraceWriter.
+collector's full path: Timeline.add(Span) -> tracks -> TraceWriter; another
+the general begin() + end() calls instead of slice().
 """
 
 from __future__ import annotations
@@ -66,10 +67,14 @@ def declare(w) -> tuple[list[int], list[int], int]:
     return tracks, counters, th
 
 
-def run_hand(ops, path: str) -> None:
+def run_hand(ops, path: str, two_calls: bool = False) -> None:
     w = TraceWriter(path)
     tracks, counters, th = declare(w)
     slice_, counter, instant, flush = w.slice, w.counter, w.instant, w.maybe_flush
+    if two_calls:   # the general API: as Python frames use it
+        def slice_(track, start, end, name, args):
+            w.begin(track, start, name, args)
+            w.end(track, end)
     for op in ops:
         k = op[0]
         if k == "s":
@@ -261,7 +266,7 @@ def main() -> None:
     ops = workload()
     events = as_events(ops)
     with tempfile.TemporaryDirectory() as d:
-        paths = {k: os.path.join(d, f"{k}.pftrace") for k in ("hand", "pb", "timeline")}
+        paths = {k: os.path.join(d, f"{k}.pftrace") for k in ("hand", "pb", "timeline", "two")}
         run_hand(ops[:2000], paths["hand"])
         run_pb(ops[:2000], paths["pb"])
         same = parsed(paths["hand"]) == parsed(paths["pb"])
@@ -271,16 +276,17 @@ def main() -> None:
         for r in range(3):
             res = {}
             for k, fn, data in (("hand", run_hand, ops), ("pb", run_pb, ops),
+                                ("two", lambda o, p: run_hand(o, p, True), ops),
                                 ("timeline", run_timeline, events)):
                 dt = timed(fn, data, paths[k])
                 res[k] = (dt, os.path.getsize(paths[k]) / 1e6)
             label = {"hand": "by hand (TraceWriter.slice)", "pb": "generated classes (upb)",
-                     "timeline": "by hand, via Timeline.add(Span)"}
+                     "two": "by hand, begin() + end()", "timeline": "by hand, via Timeline.add(Span)"}
             for k, (dt, mb) in res.items():
                 print(f"{r + 1:>3} {label[k]:<34} {dt / N * 1e6:>9.2f} {mb / dt:>7.1f} {mb:>6.1f}")
             print(f"{'':>3} generated / hand time: {res['pb'][0] / res['hand'][0]:.2f}x")
-        same = parsed(paths["hand"]) == parsed(paths["pb"])
-        print(f"full run: traces equal: {same}")
+        same = parsed(paths["hand"]) == parsed(paths["pb"]) == parsed(paths["two"])
+        print(f"full run: traces equal (hand, generated classes, begin+end): {same}")
 
 
 if __name__ == "__main__":

@@ -212,9 +212,14 @@ class TraceWriter:
         return f
 
     def _ts(self, ts: int) -> bytes:
-        """A timestamp's varint, remembering the encoding of its bits above the
-        low 14, which neighbouring events share (the hot path looks it up)."""
-        if ts >= 16384:
+        """A timestamp's varint: the low 14 bits from a table, the encoding of
+        the rest remembered, as neighbouring events share it (slice() inlines
+        the lookup and calls _ts_new on a miss)."""
+        hb = self._hi.get(ts >> 14)
+        return self._ts_new(ts) if hb is None else LO2[ts & 0x3FFF] + hb
+
+    def _ts_new(self, ts: int) -> bytes:
+        if ts >= 16384:   # else (and if negative) never looked up: varint(ts) as is
             hic = self._hi
             if len(hic) >= 1024:
                 hic.clear()
@@ -242,9 +247,9 @@ class TraceWriter:
         tk = self._tracks.get(track) or self._track(track)
         hic = self._hi
         hb = hic.get(start >> 14)
-        tsb = self._ts(start) if hb is None else LO2[start & 0x3FFF] + hb
+        tsb = self._ts_new(start) if hb is None else LO2[start & 0x3FFF] + hb
         hb = hic.get(end >> 14)
-        teb = self._ts(end) if hb is None else LO2[end & 0x3FFF] + hb
+        teb = self._ts_new(end) if hb is None else LO2[end & 0x3FFF] + hb
         body = tk[0] + (self._names.get(name) or self._name(name))
         if args:
             body += self._args.encode(args)

@@ -213,3 +213,23 @@ def test_values_read_back_through_tracecheck(tmp_path):
     assert [s[3] for s in d.samples] == [[("main", "train.py", 40), ("step", "módel.py", 12)],
                                          [("main", "train.py", 40)]]
     assert d.processes[1] == (100, "python ✓") and d.threads[2] == (100, 101, "pt_data_worker")
+
+
+def test_timestamps_across_many_windows(tmp_path):
+    """Timestamps reuse the encoding of their high bits: jumps back and forth,
+    and more windows than that cache holds, must still read back exactly."""
+    path = str(tmp_path / "ts.pftrace")
+    w = TraceWriter(path)
+    track = w.new_uuid()
+    w.named_track(track, "t")
+    want = []
+    for i in range(3000):
+        s = T + i * 20_011 + (i % 3) * 2**30   # forward, and back by a window now and then
+        e = s + (i * 7919) % 70_000
+        w.slice(track, s, e, "x")
+        w.begin(track, s + 1, "y")
+        w.end(track, e + 1)
+        want += [s, e, s + 1, e + 1]
+    w.close()
+    got = [p.timestamp for p in tracecheck.read_packets(path) if p.HasField("track_event")]
+    assert got == want
