@@ -80,6 +80,7 @@ _NAME_IID = tag(TE["name_iid"], pw.VARINT)
 _HEAD_INTERNED = _SEQ_NEEDS + _TRACK_EVENT   # between a timestamp and a TrackEvent's length
 _HEAD_LEN = len(_TS) + len(_HEAD_INTERNED)
 _COUNTER_VALUE = tag(TE["double_counter_value"], pw.I64)
+_CALLSTACK_IID = tag(TE["callstack_iid"], pw.VARINT)
 
 
 class TraceWriter:
@@ -316,7 +317,7 @@ class TraceWriter:
                                 + b"".join(f_varint(PSTACK["frame_ids"], i) for i in ids))
         tk = self._tracks.get(track) or self._track(track)
         body = (tk[2] + (self._names.get(name) or self._name(name))
-                + f_varint(TE["callstack_iid"], sid))
+                + _CALLSTACK_IID + varint(sid))
         self.buf += self._open(self._ts(ts), body)
         self.packets += 1
 
