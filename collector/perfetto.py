@@ -7,8 +7,8 @@ its last flush even if the collector is killed.
 Packets are encoded by hand because that measured faster than perfetto's
 generated classes. bench/bench_writer.py, 2026-12-01, protobuf 7.36.2 on its
 upb backend, Python 3.11, 50,000 slices with 5 arguments (plus counters and
-instants), CPU time, three runs: by hand 2.2-2.3 us per slice (49-51 MB/s),
-generated classes 4.4-4.5 us (25-26 MB/s), 1.9-2.0x slower. (This module's
+instants), CPU time, 3 runs twice: by hand 2.1-2.3 us per slice (49-54 MB/s),
+generated classes 4.4-4.5 us (25-26 MB/s), 1.9-2.1x slower. (This module's
 earlier encoder took 9.4 us.) The speed comes from precomputed bytes: tags,
 per-track prefixes, interned-name fields (collector/annotations.py), varint
 tables (collector/protowire.py), BEGIN+END in one call (slice). Every field
