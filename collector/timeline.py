@@ -82,8 +82,7 @@ class Timeline:
         if t is Span:
             track = (self.global_track(CATEGORY_TITLE.get(ev.cat, ev.cat)) if ev.pid == 0
                      else self.child(ev.pid, ev.tid, ev.cat))
-            self.w.begin(track, ev.start, ev.name, ev.args)
-            self.w.end(track, ev.end)
+            self.w.slice(track, ev.start, ev.end, ev.name, ev.args)
         elif t is Instant:
             if ev.pid == 0:
                 track = self.global_track(CATEGORY_TITLE.get(ev.cat, ev.cat))
