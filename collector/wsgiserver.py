@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Callable
 from urllib.parse import parse_qsl, quote, urlencode
 
@@ -91,6 +92,7 @@ def route_waitress_logs(log: Callable[[str], None]) -> None:
 class Server:
     def __init__(self, app, host: str, port: int, log: Callable[[str], None]):
         route_waitress_logs(log)
+        self._lock, self._stopping = threading.Lock(), False
         self._map: dict = {}
         self._server = waitress.create_server(
             error_log(app, log), map=self._map, host=host, port=port, threads=THREADS,
@@ -106,10 +108,16 @@ class Server:
 
     def shutdown(self) -> None:
         """From another thread (not a signal handler: the trigger takes a lock
-        the loop may hold): closes every socket inside the loop, which ends it."""
+        the loop may hold): closes every socket inside the loop, which ends it.
+        A second call (a second SIGTERM) does nothing."""
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
         self._one.trigger.pull_trigger(lambda: wasyncore.close_all(self._map))
 
     def server_close(self) -> None:
+        self._stopping = True
         wasyncore.close_all(self._map)
         self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=2)
 
