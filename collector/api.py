@@ -1,4 +1,4 @@
-"""The sidecar's HTTP API (Flask).
+"""The sidecar's HTTP API (Flask; served by waitress, see wsgiserver.py).
 
     POST /v1/captures            {"duration_s": N, "include_flight_recorder": bool} -> 201 {id}
     GET  /v1/captures            the captures kept

@@ -3,9 +3,10 @@
 Named in the Prometheus / dcgm-exporter style: a `gpuscope_` prefix, base
 units in the name (`_bytes`, `_seconds`, `_ratio`), `_total` for counters.
 Rates (IO bytes/s, launches/s) are `rate()` of the counters, as Prometheus
-intends; step time and data-wait share come from the stall analysis of the
-flight recorder's window (every --analyze-every s) or of the last capture
-(the verdict in its summary.json), with its timestamp.
+intends; the verdict's figures (data-wait share, median step time, phase
+shares, stall cause) come from the stall analysis of the flight recorder's
+window (every --analyze-every s) or of the last capture (the verdict in its
+summary.json), with its timestamp.
 
 The values live in one dict (cheap to update per batch); a Collector on a
 registry of our own (not prometheus_client's global one, which would add
@@ -14,7 +15,7 @@ and prometheus_client writes the text or OpenMetrics exposition.
 
 Cost: one pass over each batch with a type test per event and a few dict
 updates; no per-event allocation. Labels are low-cardinality (probe, call,
-direction, state, gpu): no per-PID series except the target's info line.
+direction, state, gpu, phase, cause): no per-PID series except the target's info line.
 """
 
 from __future__ import annotations
