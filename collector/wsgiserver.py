@@ -96,7 +96,8 @@ class Server:
         self._map: dict = {}
         self._server = waitress.create_server(
             error_log(app, log), map=self._map, host=host, port=port, threads=THREADS,
-            ident="gpuscope", max_request_body_size=MAX_BODY, expose_tracebacks=False)
+            ident="gpuscope", max_request_body_size=MAX_BODY, expose_tracebacks=False,
+            asyncore_use_poll=True)   # select() fails on descriptors >= 1024; BPF holds many
         # A host name with several addresses gives one listener each, in one loop.
         self._one = next(d for d in [self._server, *self._map.values()]
                          if hasattr(d, "trigger"))

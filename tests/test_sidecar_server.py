@@ -98,3 +98,31 @@ def test_sidecar_says_when_the_port_is_taken(tmp_path):
     assert r.returncode == 1, r.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_serves_with_more_than_1024_descriptors_open(tmp_path):
+    """Perf buffers and uprobes take one descriptor each: on a large node the
+    sidecar's sockets are numbered past select()'s limit (FD_SETSIZE 1024)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 2100:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < 2100")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2100), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        lines: list[str] = []
+        srv = make_server("127.0.0.1", 0, create_app(None, TOKEN), lines.append)
+        t = threading.Thread(target=srv.serve_forever, daemon=True)
+        t.start()
+        try:
+            assert get(srv, "/v1/captures") == 401
+        finally:
+            srv.shutdown()
+            t.join(10)
+            srv.server_close()
+        assert not t.is_alive() and len(lines) == 1, lines
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
