@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 log() { printf 'setup: %s\n' "$*" >&2; }
 
 APT_PKGS=(python3-bpfcc libbpfcc python3-venv python3-dev bpftrace chromium
-          linux-headers-cloud-amd64 gcc g++ make procps util-linux libfuse2)
+          linux-headers-cloud-amd64 gcc g++ make procps util-linux libfuse2
+          prometheus)   # prometheus + promtool: the sidecar's /metrics tests
 missing=()
 for p in "${APT_PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -17,6 +18,10 @@ if ((${#missing[@]})); then
     log "installing Debian packages: ${missing[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Debian starts the prometheus service on install; the tests run their own.
+if [[ " ${missing[*]:-} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus.service >/dev/null 2>&1 || true
 fi
 
 # BCC compiles against /lib/modules/$(uname -r)/{build,source}. When no headers

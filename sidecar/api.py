@@ -1,4 +1,4 @@
-"""The sidecar's HTTP API (Flask).
+"""The sidecar's HTTP API (Flask; served by waitress, see wsgiserver.py).
 
     POST /v1/captures            {"duration_s": N, "include_flight_recorder": bool} -> 201 {id}
     GET  /v1/captures            the captures kept
@@ -6,7 +6,7 @@
     GET  /v1/captures/<id>/trace    the Perfetto trace (409 while running)
     GET  /v1/captures/<id>/summary  summary.json (409 while running)
     GET  /healthz                liveness + what is attached (no token: for the kubelet)
-    GET  /metrics                Prometheus text format (no token unless metrics_auth)
+    GET  /metrics                Prometheus text or OpenMetrics, as asked (no token unless metrics_auth)
 
 /v1 needs `Authorization: Bearer <token>`; errors are JSON {"error": ...}
 with a 4xx status that says what was wrong.
@@ -23,7 +23,6 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request, sen
 
 bp = Blueprint("sidecar_api", __name__)
 ID = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
-PROM_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def _err(status: int, message: str, **extra):
@@ -74,7 +73,8 @@ def healthz():
 def metrics():
     s = _sidecar()
     s.monitor._publish()
-    return Response(s.metrics.render(), mimetype=None, content_type=PROM_TYPE)
+    body, content_type = s.metrics.exposition(request.headers.get("Accept"))
+    return Response(body, mimetype=None, content_type=content_type)
 
 
 @bp.get("/v1/target")

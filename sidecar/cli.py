@@ -108,17 +108,6 @@ def log(msg: str) -> None:
     sys.stderr.flush()
 
 
-def _quiet_handler():
-    from werkzeug.serving import WSGIRequestHandler
-
-    class Quiet(WSGIRequestHandler):
-        def log_request(self, code="-", size="-"):
-            if str(code).startswith(("4", "5")) and not self.path.startswith("/healthz"):
-                super().log_request(code, size)
-
-    return Quiet
-
-
 def analyze_loop(monitor, flight, metrics, rate_hz: float, every_s: float) -> None:
     """Always-on data-wait share and step time: the stall analysis over the
     flight recorder's window (bounded by it), every `every_s` seconds."""
@@ -153,8 +142,6 @@ class Sidecar:
 def run(args) -> int:
     import re
 
-    from werkzeug.serving import make_server
-
     from gpuscope.probes.source import SourceError
 
     from .api import create_app, with_viewer
@@ -164,6 +151,7 @@ def run(args) -> int:
     from .metrics import Metrics
     from .monitor import Monitor
     from .pidns import PidNamespace, namespaced
+    from .wsgiserver import make_server
 
     opts = CaptureOptions.from_args(args, ALWAYS_ON)
     token = load_token(args)
@@ -199,9 +187,9 @@ def run(args) -> int:
     app = create_app(Sidecar(monitor, captures, metrics, note), token, args.metrics_auth)
     wsgi = with_viewer(app, args.captures, token, log) if args.viewer else app
     try:
-        server = make_server(host, port, wsgi, threaded=True, request_handler=_quiet_handler())
+        server = make_server(host, port, wsgi, log)
     except OSError as e:
-        raise CliError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+        raise CliError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
     def shutdown(signum, _frame):
         log(f"{signal.Signals(signum).name}: finishing captures and detaching")

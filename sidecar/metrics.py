@@ -1,15 +1,21 @@
-"""Always-on aggregates of the event stream, in Prometheus text format.
+"""Always-on aggregates of the event stream, exposed through prometheus_client.
 
 Named in the Prometheus / dcgm-exporter style: a `gpuscope_` prefix, base
 units in the name (`_bytes`, `_seconds`, `_ratio`), `_total` for counters.
 Rates (IO bytes/s, launches/s) are `rate()` of the counters, as Prometheus
-intends; step time and data-wait share come from the stall analysis of the
-flight recorder's window (every --analyze-every s) or of the last capture
-(the verdict in its summary.json), with its timestamp.
+intends; the verdict's figures (data-wait share, median step time, phase
+shares, stall cause) come from the stall analysis of the flight recorder's
+window (every --analyze-every s) or of the last capture (the verdict in its
+summary.json), with its timestamp.
+
+The values live in one dict (cheap to update per batch); a Collector on a
+registry of our own (not prometheus_client's global one, which would add
+the sidecar's own process metrics) turns them into families at scrape time,
+and prometheus_client writes the text or OpenMetrics exposition.
 
 Cost: one pass over each batch with a type test per event and a few dict
 updates; no per-event allocation. Labels are low-cardinality (probe, call,
-direction, state, gpu): no per-PID series except the target's info line.
+direction, state, gpu, phase, cause): no per-PID series except the target's info line.
 """
 
 from __future__ import annotations
@@ -18,6 +24,10 @@ import re
 import threading
 import time
 
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.exposition import choose_encoder, generate_latest
+
 from gpuscope.probes.events import CounterSample, Event, Span
 
 READS = {"read", "pread64", "readv", "preadv", "preadv2"}   # probes/io.py IO_KINDS
@@ -25,6 +35,11 @@ WRITES = {"write", "pwrite64", "writev"}
 LAUNCHES = {"cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx"}
 MEMCPY = re.compile(r"^(cudaMemcpy|cuMemcpy)")
 SYNC = re.compile(r"(Synchronize|cuStreamWaitEvent|cudaStreamWaitEvent)")
+# The finding kinds of the stall analysis (docs/summary.md, verdict.findings[].kind):
+# each gets a gpuscope_stall_cause series, so a dashboard sees 0 rather than no data.
+STALL_CAUSES = ("not_input_bound", "storage_fetch_stall", "cpu_preprocessing_stall",
+                "too_few_workers", "too_many_workers", "ipc_collate_pin_bound",
+                "h2d_copy_bound", "epoch_start_stall")
 GPU_COUNTER = re.compile(r"^GPU(\d+) (.+)$")
 # NVML counter track name suffix -> (metric, scale to base unit)
 GPU_METRICS = {"utilization": ("gpuscope_gpu_utilization_ratio", 0.01),
@@ -36,7 +51,7 @@ GPU_METRICS = {"utilization": ("gpuscope_gpu_utilization_ratio", 0.01),
 
 HELP = {
     "gpuscope_up": ("gauge", "1 while gpuscope is attached to a training process"),
-    "gpuscope_target_info": ("gauge", "The process gpuscope follows (PID in the pod's namespace)"),
+    "gpuscope_target_info": ("info", "The process gpuscope follows (PID in the pod's namespace)"),
     "gpuscope_target_processes": ("gauge", "Processes of the target tree (main, workers, ranks)"),
     "gpuscope_target_restarts_total": ("counter", "Times the target exited and a new one was found"),
     "gpuscope_io_read_bytes_total": ("counter", "Bytes read by the target's read syscalls"),
@@ -66,13 +81,13 @@ HELP = {
     "gpuscope_data_wait_ratio": ("gauge", "Share of step time the main thread waited for data "
                                  "(last stall analysis: flight recorder window or capture)"),
     "gpuscope_step_seconds": ("gauge", "Median training step time (last stall analysis)"),
+    "gpuscope_step_phase_ratio": ("gauge", "Share of sampled step time per phase "
+                                  "(last stall analysis)"),
+    "gpuscope_stall_cause": ("gauge", "1 for the finding that explains the most stall time "
+                             "(last stall analysis), 0 for the other causes"),
     "gpuscope_last_verdict_timestamp_seconds": ("gauge", "When the verdict above was computed"),
     "gpuscope_analysis_seconds": ("gauge", "CPU time of the last always-on stall analysis"),
 }
-
-
-def _esc(v: str) -> str:
-    return str(v).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
 class Metrics:
@@ -80,6 +95,8 @@ class Metrics:
         self._lock = threading.Lock()
         self.values: dict[tuple[str, tuple], float] = {}
         self.events = 0
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
 
     # -- updates -------------------------------------------------------------
     def _inc(self, name: str, labels: tuple = (), by: float = 1.0) -> None:
@@ -142,7 +159,9 @@ class Metrics:
                         self.values[(metric, (("gpu", m.group(1)),))] = ev.value * scale
 
     def update_from_summary(self, summary: dict) -> None:
-        """Step time and data-wait share from a capture's verdict, when it has them."""
+        """The verdict's figures: step time, data-wait share, phase shares and
+        stall cause. A verdict without steps leaves the last ones in place,
+        and their timestamp says how old they are."""
         verdict = summary.get("verdict")
         if not isinstance(verdict, dict):
             return
@@ -155,25 +174,56 @@ class Metrics:
             self.set("gpuscope_data_wait_ratio", wait / 100.0 if wait > 1.0 else wait)
         if step is not None:
             self.set("gpuscope_step_seconds", step)
-        if wait is not None or step is not None:
-            self.set("gpuscope_last_verdict_timestamp_seconds", time.time())
+        if wait is None and step is None:
+            return
+        breakdown = verdict.get("breakdown")
+        if isinstance(breakdown, dict):
+            self.clear("gpuscope_step_phase_ratio")
+            for phase, share in breakdown.items():
+                if isinstance(share, (int, float)):
+                    self.set("gpuscope_step_phase_ratio", share, (("phase", str(phase)),))
+        if "primary" in verdict:
+            primary = verdict["primary"]
+            self.clear("gpuscope_stall_cause")
+            for cause in dict.fromkeys((*STALL_CAUSES, primary)):
+                if cause is not None:
+                    self.set("gpuscope_stall_cause", float(cause == primary),
+                             (("cause", str(cause)),))
+        self.set("gpuscope_last_verdict_timestamp_seconds", time.time())
 
     # -- exposition ------------------------------------------------------------
-    def render(self) -> str:
+    def collect(self):
+        """prometheus_client's Collector interface: one family per metric name."""
         with self._lock:
             items = sorted(self.values.items())
         by_name: dict[str, list] = {}
         for (name, labels), v in items:
             by_name.setdefault(name, []).append((labels, v))
-        lines = []
-        for name in sorted(by_name):
+        for name, samples in by_name.items():
             kind, help_ = HELP.get(name, ("gauge", name))
-            lines.append(f"# HELP {name} {help_}")
-            lines.append(f"# TYPE {name} {kind}")
-            for labels, v in by_name[name]:
-                lab = ",".join(f'{k}="{_esc(val)}"' for k, val in labels)
-                lines.append(f"{name}{{{lab}}} {v!r}" if lab else f"{name} {v!r}")
-        return "\n".join(lines) + "\n"
+            if kind == "info":
+                fam = InfoMetricFamily(name.removesuffix("_info"), help_)
+                for labels, _v in samples:
+                    fam.add_metric([], {k: str(val) for k, val in labels})
+                yield fam
+                continue
+            keys = [k for k, _ in samples[0][0]]
+            cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            fam = cls(name, help_, labels=keys)
+            for labels, v in samples:
+                got = dict(labels)
+                fam.add_metric([str(got.get(k, "")) for k in keys], v)
+            yield fam
+
+    def render(self) -> str:
+        """The Prometheus text format (0.0.4)."""
+        return generate_latest(self.registry).decode()
+
+    def exposition(self, accept: str | None) -> tuple[bytes, str]:
+        """Body and content type for a scrape, in the format its Accept asks for
+        (Prometheus asks for OpenMetrics; no Accept gets the text format)."""
+        encode, content_type = choose_encoder(accept or "")
+        return encode(self.registry), content_type
 
 
 def find_number(doc, keys: tuple[str, ...], depth: int = 0) -> float | None:

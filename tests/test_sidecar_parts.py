@@ -5,9 +5,11 @@ refusal to serve without a token."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -123,3 +125,59 @@ def test_sidecar_refuses_to_start_without_a_token(tmp_path):
     r = subprocess.run(cmd + ["--token-file", str(empty)], env=env, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2 and "is empty" in r.stderr
+
+
+def test_verdict_metrics_and_stall_causes():
+    from gpuscope.collector.metrics import STALL_CAUSES
+
+    # Every finding kind docs/summary.md lists has its series.
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "summary.md").read_text()
+    line = next(x for x in doc.splitlines() if x.startswith("| `verdict.findings[]`"))
+    kinds = set(re.findall(r"`([a-z0-9_]+)`", line.split("one of", 1)[1].split(")", 1)[0]))
+    assert kinds == set(STALL_CAUSES)
+
+    m = Metrics()
+    m.update_from_summary({"verdict": {
+        "data_wait_share": 0.42, "step_ms_median": 80.0, "primary": "storage_fetch_stall",
+        "breakdown": {"data_wait": 0.42, "compute": 0.5, "h2d": 0.08}}})
+
+    def values():
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(m.render()) for s in f.samples}
+
+    got = values()
+    causes = {k[1][0][1]: v for k, v in got.items() if k[0] == "gpuscope_stall_cause"}
+    assert causes["storage_fetch_stall"] == 1 and sum(causes.values()) == 1
+    assert set(causes) == set(STALL_CAUSES)
+    assert got[("gpuscope_step_phase_ratio", (("phase", "h2d"),))] == pytest.approx(0.08)
+    assert got[("gpuscope_step_seconds", ())] == pytest.approx(0.08)
+    stamp = got[("gpuscope_last_verdict_timestamp_seconds", ())]
+    # No steps found: the last figures stay, with their (older) timestamp.
+    m.update_from_summary({"verdict": {"input_bound": "unknown", "data_wait_share": None,
+                                       "primary": None, "findings": []}})
+    assert values() == got
+    # A new primary moves the 1; an unknown kind still shows.
+    m.update_from_summary({"verdict": {"data_wait_share": 0.01, "step_ms_median": 50.0,
+                                       "primary": "some_new_kind", "breakdown": {}}})
+    got = values()
+    assert got[("gpuscope_stall_cause", (("cause", "some_new_kind"),))] == 1
+    assert got[("gpuscope_stall_cause", (("cause", "storage_fetch_stall"),))] == 0
+    assert got[("gpuscope_last_verdict_timestamp_seconds", ())] >= stamp
+    assert not [k for k in got if k[0] == "gpuscope_step_phase_ratio"]
+
+
+def test_exposition_follows_the_accept_header():
+    m = Metrics()
+    m.inc("gpuscope_io_calls_total", (("call", "read"),), 3)
+    m.set("gpuscope_target_info", 1, (("pid", "7"), ("comm", "python")))
+    body, ctype = m.exposition(None)
+    assert ctype.startswith("text/plain; version=0.0.4") and body.decode() == m.render()
+    body, ctype = m.exposition("application/openmetrics-text;version=1.0.0,"
+                               "text/plain;version=0.0.4;q=0.5")
+    assert ctype.startswith("application/openmetrics-text; version=1.0.0")
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as om
+
+    fams = {f.name: f for f in om(body.decode())}
+    assert fams["gpuscope_io_calls"].type == "counter"
+    assert fams["gpuscope_target"].type == "info"
+    assert body.endswith(b"# EOF\n")
