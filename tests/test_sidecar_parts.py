@@ -128,7 +128,7 @@ def test_sidecar_refuses_to_start_without_a_token(tmp_path):
 
 
 def test_verdict_metrics_and_stall_causes():
-    from gpuscope.collector.metrics import STALL_CAUSES
+    from gpuscope.sidecar.metrics import STALL_CAUSES
 
     # Every finding kind docs/summary.md lists has its series.
     doc = (Path(__file__).resolve().parent.parent / "docs" / "summary.md").read_text()

@@ -15,8 +15,8 @@ import threading
 
 import pytest
 
-from gpuscope.collector.api import create_app, with_viewer
-from gpuscope.collector.wsgiserver import make_server, redact_query
+from gpuscope.sidecar.api import create_app, with_viewer
+from gpuscope.sidecar.wsgiserver import make_server, redact_query
 
 TOKEN = "s3cret-token-for-tests"
 
