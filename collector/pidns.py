@@ -26,6 +26,7 @@ import os
 import time
 from collections.abc import Iterable
 
+from gpuscope.probes import procfs
 from gpuscope.probes.events import (
     CounterSample,
     Event,
@@ -95,16 +96,12 @@ class PidNamespace:
             st = os.stat(f"{base}/ns/pid")
             if (st.st_dev, st.st_ino) != self.ns:
                 return None
-            with open(f"{base}/status", "rb") as f:
-                for line in f:
-                    if line.startswith(b"NSpid:"):
-                        ids = line.split()[1:]
-                        if int(ids[0]) != kid:
-                            return None
-                        return int(ids[-1])
-        except (OSError, ValueError, IndexError):
+            ids = procfs.status(kid, proc=self.host_proc)["NSpid"].split()
+            if int(ids[0]) != kid:
+                return None
+            return int(ids[-1])
+        except (OSError, KeyError, ValueError, IndexError):
             return None
-        return None
 
     def _remember(self, kid: int, nid: int) -> None:
         if len(self._to_ns) >= CACHE_MAX:
@@ -174,12 +171,7 @@ class PidNamespace:
             self.learn_threads(kid)
 
     def learn_threads(self, kpid: int) -> None:
-        try:
-            tids = os.listdir(f"{self.host_proc}/{kpid}/task")
-        except OSError:
-            return
-        for t in tids:
-            ktid = int(t)
+        for ktid in procfs.threads(kpid, proc=self.host_proc):
             if ktid not in self._to_ns:
                 nid = self._read(ktid)
                 if nid is not None:
