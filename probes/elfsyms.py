@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 STT_OBJECT, STT_FUNC, STT_GNU_IFUNC = 1, 2, 10
 STB_LOCAL = 0
 SHN_UNDEF = 0
+VERSYM_HIDDEN = 0x8000  # .gnu.version: not the default version of its name
 MAX_FILES = 64  # distinct ELF files kept; a long-running sidecar sees many venvs
 
 _FUNC = (STT_FUNC, STT_GNU_IFUNC)
@@ -42,7 +43,8 @@ class ElfSymbols:
     ends: list[int] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     exported: dict[str, int] = field(default_factory=dict)  # .dynsym functions and objects
-    hidden: dict[str, int] = field(default_factory=dict)    # non-local ones only in .symtab
+    # ^ of a versioned name (realpath@GLIBC_2.2.5, realpath@@GLIBC_2.3) the default one
+    unexported: dict[str, int] = field(default_factory=dict)  # global ones only in .symtab
 
     def lookup(self, vaddr: int) -> str | None:
         """The function containing an ELF virtual address (mangled), or None."""
@@ -54,7 +56,7 @@ class ElfSymbols:
     def address(self, name: str) -> int | None:
         """st_value of a defined function or object, from .dynsym, else .symtab."""
         v = self.exported.get(name)
-        return v if v is not None else self.hidden.get(name)
+        return v if v is not None else self.unexported.get(name)
 
     def vaddr(self, addr: int, map_start: int, map_offset: int) -> int:
         """The ELF virtual address of a runtime address in a mapping (load bias)."""
@@ -126,14 +128,20 @@ def _read(f) -> ElfSymbols:
                for s in secs.segments if s["p_type"] == "PT_LOAD"]
     t.sections = {name: h["sh_addr"] for name, h in secs.by_name.items() if name}
     funcs: list[tuple[int, int, str]] = []
-    exported, hidden = t.exported, t.hidden
+    exported, unexported = t.exported, t.unexported
     entries, strtab = _entries(elf, secs, ".dynsym")
-    for off, info, _other, shndx, value, size in entries:
+    versym = secs.by_name.get(".gnu.version")
+    versions = (struct.unpack(("<" if elf.little_endian else ">") + f"{versym['sh_size'] // 2}H",
+                              secs.data(versym)) if versym is not None else ())
+    for i, (off, info, _other, shndx, value, size) in enumerate(entries):
         kind = info & 0xF
         if shndx == SHN_UNDEF or not value or kind not in _NAMED:
             continue
         name = strtab[off:strtab.index(b"\0", off)].decode("utf-8", "replace")
-        exported[name] = value
+        if i < len(versions) and versions[i] & VERSYM_HIDDEN:
+            exported.setdefault(name, value)  # an old version: only if there is no default
+        else:
+            exported[name] = value
         if kind in _FUNC:
             funcs.append((value, value + size, name))
     entries, strtab = _entries(elf, secs, ".symtab")
@@ -148,7 +156,7 @@ def _read(f) -> ElfSymbols:
         if not local:  # .dynsym holds no local symbols
             if exported.get(name) == value:
                 continue  # the same symbol as in .dynsym
-            hidden.setdefault(name, value)
+            unexported.setdefault(name, value)
         if kind in _FUNC:
             funcs.append((value, value + size, name))
     funcs.sort()
