@@ -39,10 +39,7 @@ def maps_gpu_libs(pid: int) -> bool:
 def candidates(match: re.Pattern | None = None, exclude: set[int] | None = None) -> list[int]:
     exclude = exclude or set()
     out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        pid = int(name)
+    for pid in procfs.pids():
         if pid in exclude or not procfs.alive(pid):
             continue
         argv = procfs.cmdline(pid)

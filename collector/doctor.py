@@ -97,7 +97,7 @@ def _nvml():
 
 def _target(pid: int):
     libs = {os.path.basename(m.path) for m in procfs.maps(pid) if m.path}
-    exe = os.path.basename(os.path.realpath(f"/proc/{pid}/exe")) if os.path.exists(f"/proc/{pid}/exe") else ""
+    exe = os.path.basename(procfs.exe(pid) or "")
     py = next((lib for lib in libs if lib.startswith("libpython")), None)
     version = None
     try:

@@ -156,14 +156,7 @@ class PidNamespace:
         """Learns every process and thread of the namespace (one pass over the host procfs)."""
         if len(self._ns_negative) > 4096:
             self._ns_negative.clear()
-        try:
-            names = os.listdir(self.host_proc)
-        except OSError:
-            return
-        for name in names:
-            if not name.isdigit():
-                continue
-            kid = int(name)
+        for kid in procfs.pids(self.host_proc):
             nid = self._read(kid)
             if nid is None:
                 continue

@@ -133,6 +133,14 @@ def cmdline(pid: int) -> list[str]:
     return [a for a in raw.split("\0") if a]
 
 
+def pids(proc: str = PROC) -> list[int]:
+    """Every process procfs shows (threads are under each one's task/)."""
+    try:
+        return sorted(int(n) for n in os.listdir(proc) if n.isdigit())
+    except OSError:
+        return []
+
+
 def threads(pid: int, proc: str = PROC) -> list[int]:
     try:
         return sorted(int(t) for t in os.listdir(f"{proc}/{pid}/task"))

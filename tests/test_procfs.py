@@ -81,6 +81,7 @@ def test_stat_parses_around_comms_with_spaces_and_parens(child):
     assert thread is not None and (thread.pid, thread.comm) == (info["tid"], THREAD_COMM)
     assert procfs.comm(p.pid, info["tid"]) == THREAD_COMM
     assert procfs.threads(p.pid) == sorted([p.pid, info["tid"]])
+    assert p.pid in procfs.pids() and info["tid"] not in procfs.pids()
     tick = os.sysconf("SC_CLK_TCK")
     # the child's own times(2) and our reading of its stat agree within a few ticks
     assert abs((st.utime + st.stime) / tick - info["cpu"]) <= 3 / tick
@@ -152,3 +153,5 @@ def test_status_of_self_and_of_another_procfs_root(tmp_path):
     (tmp_path / "7").mkdir()
     (tmp_path / "7" / "status").write_text("Name:\tx: y\nNSpid:\t70\t7\nbroken line\n")
     assert procfs.status(7, proc=str(tmp_path)) == {"Name": "x: y", "NSpid": "70\t7"}
+    (tmp_path / "self").mkdir()
+    assert procfs.pids(str(tmp_path)) == [7] and procfs.pids(str(tmp_path / "none")) == []
