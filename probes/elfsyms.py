@@ -20,6 +20,7 @@ import struct
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 STT_OBJECT, STT_FUNC, STT_GNU_IFUNC = 1, 2, 10
 STB_LOCAL = 0
@@ -90,7 +91,7 @@ class _Sections:
         self.headers = [struct_parse(elf.structs.Elf_Shdr, f, elf["e_shoff"] + i * elf["e_shentsize"])
                         for i in range(elf.num_sections())]
         names = self.data(self.headers[elf.get_shstrndx()]) if self.headers else b""
-        self.by_name = {}
+        self.by_name: dict[str, Any] = {}  # name -> the first section header of that name
         for h in self.headers:
             off = h["sh_name"]
             self.by_name.setdefault(names[off:names.find(b"\0", off)].decode("utf-8", "replace"), h)

@@ -28,7 +28,6 @@ _SKIP = re.compile(r"/(ld-linux|libc|libm|libpthread|libdl|librt|libstdc\+\+|lib
                    r"libz|libpython|libffi|libssl|libcrypto)[.-]")
 
 
-
 def _key(path: str) -> tuple[int, int, float] | None:
     try:
         st = os.stat(path)

@@ -199,3 +199,18 @@ def test_what_is_not_an_elf_file_is_none(built, tmp_path):
     for path in (text, truncated, tmp_path / "missing.so", tmp_path):
         assert elfsyms.symbols(str(path)) is None
         assert elfsyms.dynamic_strings(str(path)) == b""
+
+
+def test_a_32_bit_library(tmp_path):
+    src, lib = tmp_path / "a32.c", tmp_path / "a32.so"
+    src.write_text("int f32(int x) { return x + 1; }\nint obj32 = 3;\n"
+                   "static int s32(void) { return 2; }\nint g(void) { return s32(); }\n")
+    r = subprocess.run(["gcc", "-m32", "-shared", "-nostdlib", "-fPIC", "-o", str(lib), str(src)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"gcc cannot build 32-bit code here: {r.stderr.strip()[:200]}")
+    t = elfsyms.symbols(str(lib))
+    exported, funcs = _by_pyelftools(str(lib))
+    assert t is not None and set(t.exported) == {"f32", "g", "obj32"}
+    assert t.exported == exported and set(zip(t.addrs, t.names, strict=True)) == funcs
+    assert "s32" in t.names
