@@ -14,7 +14,7 @@ import ctypes
 import re
 from functools import lru_cache
 
-CACHE_SIZE = 65536  # distinct kernel names a job launches: hundreds to a few thousand
+CACHE_SIZE = 8192  # a job launches hundreds to a few thousand distinct kernels; names run to KBs
 
 
 def _load():
