@@ -2,10 +2,11 @@
 
 Everything that needs a symbol asks here: the uprobe attach checks (does this
 libcudart export cudaLaunchKernel?), kernel names from code addresses, and
-CPython's _PyRuntime. pyelftools finds the sections and segments; the symbol
-tables themselves are unpacked with struct, because they can hold hundreds of
-thousands of entries (libtorch_cpu.so: 530k) and pyelftools builds one Python
-object per entry.
+CPython's _PyRuntime. pyelftools' structs parse the ELF, section and program
+headers; the symbol tables themselves are unpacked with struct, because they
+can hold hundreds of thousands of entries (libtorch_cpu.so: 600k) and
+pyelftools builds one Python object per entry (bench/bench_symbols.py: 9-200x
+slower).
 
 The cache key is (st_dev, st_ino, st_size, st_mtime_ns) of the opened file, so
 the same library reached as /usr/lib/x.so, /proc/PID/root/usr/lib/x.so or
@@ -168,12 +169,17 @@ def _read(f) -> ElfSymbols:
 
 
 _files: OrderedDict[tuple[int, int, int, int], ElfSymbols | None] = OrderedDict()
-_lock = threading.Lock()
+_lock = threading.Lock()  # guards _files and _reading, never held while a file is read
+_reading: dict[tuple[int, int, int, int], threading.Lock] = {}
 
 
 def symbols(path: str) -> ElfSymbols | None:
     """The symbols of the ELF file at path, or None if it cannot be opened or is
-    not an ELF file. Cached per file identity (the last MAX_FILES files)."""
+    not an ELF file. Cached per file identity (the last MAX_FILES files).
+
+    Reading libtorch_cuda.so takes seconds: meanwhile other files are served
+    (the stack sampler resolving a new interpreter must not wait on it), and a
+    second caller for the same file waits for the first one's result."""
     try:
         f = open(path, "rb")
     except OSError:
@@ -188,13 +194,20 @@ def symbols(path: str) -> ElfSymbols | None:
             if key in _files:
                 _files.move_to_end(key)
                 return _files[key]
+            reading = _reading.setdefault(key, threading.Lock())
+        with reading:
+            with _lock:
+                if key in _files:
+                    return _files[key]
             try:
                 t: ElfSymbols | None = _read(f)
             except Exception:  # pyelftools raises its own errors, struct too: not an ELF we can read
                 t = None
-            _files[key] = t
-            while len(_files) > MAX_FILES:
-                _files.popitem(last=False)
+            with _lock:
+                _files[key] = t
+                _reading.pop(key, None)
+                while len(_files) > MAX_FILES:
+                    _files.popitem(last=False)
             return t
 
 

@@ -11,6 +11,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 import types
 from pathlib import Path
 
@@ -214,3 +216,32 @@ def test_a_32_bit_library(tmp_path):
     assert t is not None and set(t.exported) == {"f32", "g", "obj32"}
     assert t.exported == exported and set(zip(t.addrs, t.names, strict=True)) == funcs
     assert "s32" in t.names
+
+
+def test_a_slow_file_does_not_hold_up_the_others(built, tmp_path):
+    """While one file is being read (here from a FUSE mount taking 2 s per read, as
+    libtorch_cuda.so takes seconds to parse), other files are served."""
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    src.mkdir()
+    shutil.copy(built["lib"], src / "slow.so")
+    fs = subprocess.Popen([sys.executable, str(Path(__file__).parent.parent / "samples" / "slowfs.py"),
+                           str(src), str(mnt), "--latency-ms", "2000"], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not (mnt / "slow.so").exists():
+            assert time.monotonic() < deadline, "slowfs did not mount"
+            time.sleep(0.05)
+        got: dict[str, elfsyms.ElfSymbols | None] = {}
+        slow = threading.Thread(target=lambda: got.update(slow=elfsyms.symbols(str(mnt / "slow.so"))))
+        slow.start()
+        while not elfsyms._reading:  # the slow read has begun
+            time.sleep(0.01)
+        shutil.copy(built["lib"], tmp_path / "fast.so")
+        fast = elfsyms.symbols(str(tmp_path / "fast.so"))
+        assert fast is not None and slow.is_alive()
+        slow.join(120)
+        assert got["slow"] is not None and got["slow"].exported == fast.exported
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+        fs.kill()
+        fs.wait()
