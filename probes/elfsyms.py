@@ -5,7 +5,7 @@ libcudart export cudaLaunchKernel?), kernel names from code addresses, and
 CPython's _PyRuntime. pyelftools' structs parse the ELF, section and program
 headers; the symbol tables themselves are unpacked with struct, because they
 can hold hundreds of thousands of entries (libtorch_cpu.so: 600k) and
-pyelftools builds one Python object per entry (bench/bench_symbols.py: 9-200x
+pyelftools builds one Python object per entry (bench/bench_symbols.py: 10-70x
 slower).
 
 The cache key is (st_dev, st_ino, st_size, st_mtime_ns) of the opened file, so
