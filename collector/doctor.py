@@ -13,10 +13,7 @@ NEEDED = {"CAP_BPF": CAP_BPF, "CAP_PERFMON": CAP_PERFMON, "CAP_SYS_PTRACE": CAP_
 
 
 def effective_caps() -> int:
-    for line in (procfs.read_text("/proc/self/status") or "").splitlines():
-        if line.startswith("CapEff:"):
-            return int(line.split()[1], 16)
-    return 0
+    return int(procfs.status("self").get("CapEff", "0"), 16)
 
 
 def missing_capabilities() -> list[str]:
@@ -99,8 +96,8 @@ def _nvml():
 
 
 def _target(pid: int):
-    libs = {os.path.basename(p) for *_, p in procfs.maps(pid) if p}
-    exe = os.path.basename(os.path.realpath(f"/proc/{pid}/exe")) if os.path.exists(f"/proc/{pid}/exe") else ""
+    libs = {os.path.basename(m.path) for m in procfs.maps(pid) if m.path}
+    exe = os.path.basename(procfs.exe(pid) or "")
     py = next((lib for lib in libs if lib.startswith("libpython")), None)
     version = None
     try:

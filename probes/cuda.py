@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from .demangle import demangle
 from .events import CUDA, CounterSample, Event, Span
 from .gpulibs import CUDART, DRIVER, LibraryAttacher, Symbolizer
 from .kernel import Probe
@@ -251,7 +252,7 @@ class CudaProbe(Probe):
             args = {"graph": _hex(a[0]), "stream": _hex(a[1])}
         elif fn in ("cuModuleGetFunction", "cuLibraryGetKernel"):
             name = bytes(e.name).split(b"\0", 1)[0].decode("utf-8", "replace")
-            name = self._intern(self.symbolizer.demangler(name))
+            name = self._intern(demangle(name))
             args = {"name": name, "module" if fn == "cuModuleGetFunction" else "library": _hex(a[1])}
             if e.ret == 0:
                 args["function"] = _hex(x[0])

@@ -4,9 +4,8 @@ names of code addresses in a target (kernel host stubs).
 Discovery reads /proc/PID/maps: every executable file mapping is classified
 once per inode as the CUDA runtime (libcudart.so.*, or any ELF exporting
 cudaLaunchKernel: a static cudart), the driver (libcuda.so.*) or NCCL
-(libnccl.so.*, or an ELF exporting ncclAllReduce). Symbols come from the
-ELF files themselves (pyelftools for the section headers, struct for the
-symbol tables, which can hold hundreds of thousands of entries).
+(libnccl.so.*, or an ELF exporting ncclAllReduce). Symbols come from
+elfsyms, names from demangle.
 """
 
 from __future__ import annotations
@@ -14,13 +13,12 @@ from __future__ import annotations
 import bisect
 import os
 import re
-import struct
-import subprocess
-import threading
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import procfs
+from .demangle import demangle
+from .elfsyms import dynamic_strings, symbols
 
 CUDART, DRIVER, NCCL = "cudart", "cuda", "nccl"
 _BY_NAME = [(re.compile(r"libcudart\.so"), CUDART), (re.compile(r"libcuda\.so"), DRIVER),
@@ -29,63 +27,6 @@ _MARKERS = [(b"\0cudaLaunchKernel\0", CUDART), (b"\0ncclAllReduce\0", NCCL)]
 _SKIP = re.compile(r"/(ld-linux|libc|libm|libpthread|libdl|librt|libstdc\+\+|libgcc_s|"
                    r"libz|libpython|libffi|libssl|libcrypto)[.-]")
 
-STT_FUNC, STT_GNU_IFUNC, SHN_UNDEF = 2, 10, 0
-
-
-def _elf(path: str):
-    from elftools.elf.elffile import ELFFile
-
-    f = open(path, "rb")
-    try:
-        return f, ELFFile(f)
-    except Exception:
-        f.close()
-        raise
-
-
-@dataclass
-class SymbolTable:
-    """Defined function symbols of one ELF file, sorted by address."""
-
-    addrs: list[int] = field(default_factory=list)
-    ends: list[int] = field(default_factory=list)
-    names: list[str] = field(default_factory=list)
-    exported: dict[str, int] = field(default_factory=dict)   # dynsym name -> address
-    loads: list[tuple[int, int, int]] = field(default_factory=list)  # (p_offset, p_filesz, p_vaddr)
-
-    def lookup(self, vaddr: int) -> str | None:
-        i = bisect.bisect_right(self.addrs, vaddr) - 1
-        if i >= 0 and (vaddr < self.ends[i] or vaddr == self.addrs[i]):
-            return self.names[i]
-        return None
-
-    def vaddr(self, addr: int, map_start: int, map_offset: int) -> int:
-        """The ELF virtual address of a runtime address in a mapping (load bias)."""
-        off = addr - map_start + map_offset
-        for p_offset, p_filesz, p_vaddr in self.loads:
-            if p_offset <= off < p_offset + max(p_filesz, 1):
-                return off - p_offset + p_vaddr
-        return off
-
-
-def _read_symbols(elf, section, exported: dict[str, int] | None, out: list) -> None:
-    if section is None or section["sh_entsize"] != 24 or elf.elfclass != 64:
-        return
-    strtab = elf.get_section(section["sh_link"]).data()
-    for name_off, info, _other, shndx, value, size in struct.iter_unpack(
-            "<IBBHQQ", section.data()):
-        if shndx == SHN_UNDEF or (info & 0xF) not in (STT_FUNC, STT_GNU_IFUNC) or not value:
-            continue
-        end = strtab.index(b"\0", name_off)
-        name = strtab[name_off:end].decode("utf-8", "replace")
-        out.append((value, value + size, name))
-        if exported is not None:
-            exported[name] = value
-
-
-_tables: dict[tuple[int, int, float], SymbolTable] = {}
-_tables_lock = threading.Lock()
-
 
 def _key(path: str) -> tuple[int, int, float] | None:
     try:
@@ -93,35 +34,6 @@ def _key(path: str) -> tuple[int, int, float] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino, st.st_mtime
-
-
-def symbols(path: str) -> SymbolTable | None:
-    """The function symbols of an ELF file (.symtab and .dynsym), cached per inode."""
-    key = _key(path)
-    if key is None:
-        return None
-    with _tables_lock:
-        t = _tables.get(key)
-        if t is not None:
-            return t
-        t = SymbolTable()
-        try:
-            f, elf = _elf(path)
-        except Exception:
-            _tables[key] = t
-            return t
-        with f:
-            entries: list[tuple[int, int, str]] = []
-            _read_symbols(elf, elf.get_section_by_name(".dynsym"), t.exported, entries)
-            _read_symbols(elf, elf.get_section_by_name(".symtab"), None, entries)
-            t.loads = [(s["p_offset"], s["p_filesz"], s["p_vaddr"]) for s in elf.iter_segments()
-                       if s["p_type"] == "PT_LOAD"]
-        entries.sort()
-        t.addrs = [e[0] for e in entries]
-        t.ends = [e[1] for e in entries]
-        t.names = [e[2] for e in entries]
-        _tables[key] = t
-        return t
 
 
 _kinds: dict[tuple[int, int, float], str | None] = {}
@@ -144,15 +56,7 @@ def classify(path: str) -> str | None:
 
 def _exports_marker(path: str) -> str | None:
     """Does the file's dynamic string table name a CUDA runtime or NCCL entry point?"""
-    try:
-        f, elf = _elf(path)
-    except Exception:
-        return None
-    with f:
-        dynstr = elf.get_section_by_name(".dynstr")
-        if dynstr is None:
-            return None
-        data = dynstr.data()
+    data = dynamic_strings(path)
     for marker, kind in _MARKERS:
         if marker in data:
             t = symbols(path)
@@ -180,14 +84,8 @@ def host_path(pid: int, path: str, inode: int | None = None) -> str:
 
 def mapped_files(pid: int) -> dict[str, int]:
     """path -> inode of the executable file mappings of a process."""
-    out: dict[str, int] = {}
-    text = procfs.read_text(f"/proc/{pid}/maps") or ""
-    for line in text.splitlines():
-        parts = line.split(None, 5)
-        if len(parts) == 6 and "x" in parts[1] and parts[5].startswith("/") \
-                and not parts[5].endswith(" (deleted)"):
-            out[parts[5]] = int(parts[4])
-    return out
+    return {m.path: m.inode for m in procfs.maps(pid)
+            if m.executable and m.file and not m.deleted}
 
 
 def gpu_libraries(pids: Iterable[int], skip: set[str] | None = None) -> list[MappedLib]:
@@ -209,17 +107,15 @@ def gpu_libraries(pids: Iterable[int], skip: set[str] | None = None) -> list[Map
 class Symbolizer:
     """Names code addresses in target processes from /proc/PID/maps and ELF symbols."""
 
-    def __init__(self, demangler: Demangler | None = None):
-        self.demangler = demangler or Demangler()
+    def __init__(self):
         self._maps: dict[int, list[tuple[int, int, int, str]]] = {}
         self._cache: dict[tuple[int, int], str | None] = {}
 
     def _regions(self, pid: int, refresh: bool = False) -> list[tuple[int, int, int, str]]:
         r = self._maps.get(pid)
         if r is None or refresh:
-            r = self._maps[pid] = sorted((s, e, off, host_path(pid, p))
-                                         for s, e, _perm, off, p in procfs.maps(pid)
-                                         if p.startswith("/"))
+            r = self._maps[pid] = sorted((m.start, m.end, m.offset, host_path(pid, m.path, m.inode))
+                                         for m in procfs.maps(pid) if m.file)
         return r
 
     def name(self, pid: int, addr: int) -> str | None:
@@ -229,7 +125,7 @@ class Symbolizer:
             return self._cache[key]
         name = self._resolve(pid, addr)
         if name is not None:
-            name = self.demangler(name)
+            name = demangle(name)
         self._cache[key] = name
         return name
 
@@ -248,41 +144,6 @@ class Symbolizer:
     def forget(self, pid: int) -> None:
         self._maps.pop(pid, None)
         self._cache = {k: v for k, v in self._cache.items() if k[0] != pid}
-
-
-class Demangler:
-    """C++ names through one long-lived `c++filt` (binutils), cached; names
-    pass through unchanged when c++filt is missing."""
-
-    def __init__(self):
-        self._proc: subprocess.Popen | None = None
-        self._cache: dict[str, str] = {}
-        self._broken = False
-
-    def __call__(self, name: str) -> str:
-        if not name.startswith("_Z") or self._broken:
-            return name
-        hit = self._cache.get(name)
-        if hit is not None:
-            return hit
-        try:
-            if self._proc is None:
-                self._proc = subprocess.Popen(["c++filt"], stdin=subprocess.PIPE,
-                                              stdout=subprocess.PIPE, text=True, bufsize=1)
-            self._proc.stdin.write(name + "\n")
-            self._proc.stdin.flush()
-            out = self._proc.stdout.readline().rstrip("\n") or name
-        except OSError:
-            self._broken = True
-            return name
-        self._cache[name] = out
-        return out
-
-    def close(self) -> None:
-        if self._proc is not None:
-            self._proc.stdin.close()
-            self._proc.wait()
-            self._proc = None
 
 
 class LibraryAttacher:

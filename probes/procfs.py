@@ -1,19 +1,21 @@
-"""Reading /proc: the target tree, thread names, open files. Read-only, and
-every read tolerates the process vanishing under it."""
+"""Reading /proc: the target tree, thread names, open files, mappings, stat
+and status. The one parser of each /proc file gpuscope reads. Read-only, and
+every read tolerates the process vanishing under it (None, [] or {})."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from typing import NamedTuple
+
+PROC = "/proc"
 
 
-def alive(pid: int) -> bool:
+def read_bytes(path: str) -> bytes | None:
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            # A zombie has exited; only its parent's wait() is left.
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return False
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def read_text(path: str) -> str | None:
@@ -24,9 +26,106 @@ def read_text(path: str) -> str | None:
         return None
 
 
+class Mapping(NamedTuple):
+    """One line of /proc/PID/maps."""
+
+    start: int
+    end: int
+    perms: str      # "r-xp"
+    offset: int
+    dev: int        # os.makedev(major, minor), comparable with st_dev
+    inode: int
+    path: str       # '' when anonymous; "[heap]" etc.; " (deleted)" kept as the kernel wrote it
+
+    @property
+    def file(self) -> bool:
+        return self.path.startswith("/")
+
+    @property
+    def executable(self) -> bool:
+        return "x" in self.perms
+
+    @property
+    def deleted(self) -> bool:
+        return self.path.endswith(" (deleted)")
+
+
+class Stat(NamedTuple):
+    """The fields of /proc/PID/stat gpuscope uses (see proc(5)); times in clock ticks."""
+
+    pid: int
+    comm: str
+    state: str      # "R", "S", "D", "Z", ...
+    ppid: int
+    pgrp: int
+    session: int
+    flags: int
+    minflt: int
+    majflt: int
+    utime: int
+    stime: int
+    num_threads: int
+    starttime: int  # since boot
+    vsize: int      # bytes
+    rss: int        # pages
+    processor: int  # CPU it last ran on
+
+
+def parse_stat(raw: bytes) -> Stat | None:
+    """A stat line, or None if it is not one. The comm may hold spaces and ')':
+    it ends at the last ')'."""
+    head, sep, tail = raw.rpartition(b")")
+    pid, sep2, name = head.partition(b" (")
+    f = tail.split()
+    if not sep or not sep2 or len(f) < 37:
+        return None
+    try:
+        return Stat(int(pid), name.decode("utf-8", "replace"), f[0].decode(), int(f[1]),
+                    int(f[2]), int(f[3]), int(f[6]), int(f[7]), int(f[9]), int(f[11]),
+                    int(f[12]), int(f[17]), int(f[19]), int(f[20]), int(f[21]), int(f[36]))
+    except ValueError:
+        return None
+
+
+def stat_state(raw: bytes) -> str | None:
+    """Only the state letter of a stat line: for callers that pread stat per sample."""
+    i = raw.rfind(b")")
+    return chr(raw[i + 2]) if 0 <= i < len(raw) - 2 else None
+
+
+def _task(pid: int | str, tid: int | None, name: str, proc: str = PROC) -> str:
+    return f"{proc}/{pid}/task/{tid}/{name}" if tid else f"{proc}/{pid}/{name}"
+
+
+def stat(pid: int, tid: int | None = None) -> Stat | None:
+    raw = read_bytes(_task(pid, tid, "stat"))
+    return parse_stat(raw) if raw is not None else None
+
+
+def alive(pid: int) -> bool:
+    raw = read_bytes(f"{PROC}/{pid}/stat")
+    # A zombie has exited; only its parent's wait() is left.
+    return raw is not None and stat_state(raw) not in (None, "Z")
+
+
+def parse_status(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            out[key] = value.strip()
+    return out
+
+
+def status(pid: int | str, tid: int | None = None, proc: str = PROC) -> dict[str, str]:
+    """/proc/PID/status as {"Name": "python3", "NSpid": "4242 7", ...}; {} when gone.
+    pid may be "self"; proc another procfs (the host's, seen from a pod)."""
+    text = read_text(_task(pid, tid, "status", proc))
+    return parse_status(text) if text is not None else {}
+
+
 def comm(pid: int, tid: int | None = None) -> str:
-    path = f"/proc/{pid}/task/{tid}/comm" if tid else f"/proc/{pid}/comm"
-    return (read_text(path) or "").strip()
+    return (read_text(_task(pid, tid, "comm")) or "").strip()
 
 
 def cmdline(pid: int) -> list[str]:
@@ -34,9 +133,17 @@ def cmdline(pid: int) -> list[str]:
     return [a for a in raw.split("\0") if a]
 
 
-def threads(pid: int) -> list[int]:
+def pids(proc: str = PROC) -> list[int]:
+    """Every process procfs shows (threads are under each one's task/)."""
     try:
-        return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+        return sorted(int(n) for n in os.listdir(proc) if n.isdigit())
+    except OSError:
+        return []
+
+
+def threads(pid: int, proc: str = PROC) -> list[int]:
+    try:
+        return sorted(int(t) for t in os.listdir(f"{proc}/{pid}/task"))
     except OSError:
         return []
 
@@ -90,12 +197,43 @@ def cwd(pid: int) -> str | None:
         return None
 
 
-def maps(pid: int) -> Iterator[tuple[int, int, str, int, str]]:
-    """(start, end, perms, offset, path) of each mapping; path '' when anonymous."""
-    text = read_text(f"/proc/{pid}/maps") or ""
+def exe(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+
+
+def parse_maps(text: str) -> list[Mapping]:
+    out = []
     for line in text.splitlines():
         parts = line.split(None, 5)
         if len(parts) < 5:
             continue
-        start, end = (int(x, 16) for x in parts[0].split("-"))
-        yield start, end, parts[1], int(parts[2], 16), parts[5] if len(parts) > 5 else ""
+        start, _, end = parts[0].partition("-")
+        major, _, minor = parts[3].partition(":")
+        try:
+            out.append(Mapping(int(start, 16), int(end, 16), parts[1], int(parts[2], 16),
+                               os.makedev(int(major, 16), int(minor, 16)), int(parts[4]),
+                               parts[5] if len(parts) > 5 else ""))
+        except ValueError:
+            continue
+    return out
+
+
+def maps(pid: int, strict: bool = False) -> list[Mapping]:
+    """The mappings of a process in address order; [] when it is gone (or, with
+    strict, OSError: for callers that must tell "gone" from "maps nothing")."""
+    if strict:
+        with open(f"{PROC}/{pid}/maps", "rb") as f:
+            return parse_maps(f.read().decode("utf-8", "replace"))
+    return parse_maps(read_text(f"{PROC}/{pid}/maps") or "")
+
+
+def file_maps(pid: int, strict: bool = False) -> dict[str, list[Mapping]]:
+    """File-backed mappings grouped by path, each group in address order."""
+    out: dict[str, list[Mapping]] = {}
+    for m in maps(pid, strict):
+        if m.file:
+            out.setdefault(m.path, []).append(m)
+    return out

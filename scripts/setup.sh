@@ -8,7 +8,8 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 
 APT_PKGS=(python3-bpfcc libbpfcc python3-venv python3-dev bpftrace chromium
           linux-headers-cloud-amd64 gcc g++ make procps util-linux libfuse2
-          prometheus)   # prometheus + promtool: the sidecar's /metrics tests
+          prometheus   # prometheus + promtool: the sidecar's /metrics tests
+          binutils)    # c++filt: tests compare gpuscope's in-process demangling with it
 missing=()
 for p in "${APT_PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

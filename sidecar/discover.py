@@ -13,49 +13,33 @@ import re
 
 from gpuscope.probes import procfs
 
-GPU_LIBS = re.compile(rb"/(libtorch[^/\s]*|libc10[^/\s]*|libcudart[^/\s]*|libcuda\.so[^/\s]*)\n")
+GPU_LIBS = re.compile(r"(libtorch|libc10|libcudart|libcuda\.so)[^/\s]*")
 
 
 def _ppid(pid: int) -> int:
-    text = procfs.read_text(f"/proc/{pid}/stat") or ""
-    try:
-        return int(text.rsplit(")", 1)[1].split()[1])
-    except (IndexError, ValueError):
-        return 0
+    st = procfs.stat(pid)
+    return st.ppid if st else 0
 
 
 def _start_time(pid: int) -> int:
-    text = procfs.read_text(f"/proc/{pid}/stat") or ""
-    try:
-        return int(text.rsplit(")", 1)[1].split()[19])
-    except (IndexError, ValueError):
-        return 0
+    st = procfs.stat(pid)
+    return st.starttime if st else 0
 
 
 def is_python(pid: int) -> bool:
-    try:
-        exe = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
-    except OSError:
-        exe = ""
+    exe = os.path.basename(procfs.exe(pid) or "")
     argv0 = os.path.basename((procfs.cmdline(pid) or [""])[0])
     return exe.startswith("python") or argv0.startswith("python")
 
 
 def maps_gpu_libs(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/maps", "rb") as f:
-            return GPU_LIBS.search(f.read()) is not None
-    except OSError:
-        return False
+    return any(GPU_LIBS.fullmatch(os.path.basename(m.path)) for m in procfs.maps(pid) if m.file)
 
 
 def candidates(match: re.Pattern | None = None, exclude: set[int] | None = None) -> list[int]:
     exclude = exclude or set()
     out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        pid = int(name)
+    for pid in procfs.pids():
         if pid in exclude or not procfs.alive(pid):
             continue
         argv = procfs.cmdline(pid)

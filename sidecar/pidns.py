@@ -26,6 +26,7 @@ import os
 import time
 from collections.abc import Iterable
 
+from gpuscope.probes import procfs
 from gpuscope.probes.events import (
     CounterSample,
     Event,
@@ -95,16 +96,12 @@ class PidNamespace:
             st = os.stat(f"{base}/ns/pid")
             if (st.st_dev, st.st_ino) != self.ns:
                 return None
-            with open(f"{base}/status", "rb") as f:
-                for line in f:
-                    if line.startswith(b"NSpid:"):
-                        ids = line.split()[1:]
-                        if int(ids[0]) != kid:
-                            return None
-                        return int(ids[-1])
-        except (OSError, ValueError, IndexError):
+            ids = procfs.status(kid, proc=self.host_proc)["NSpid"].split()
+            if int(ids[0]) != kid:
+                return None
+            return int(ids[-1])
+        except (OSError, KeyError, ValueError, IndexError):
             return None
-        return None
 
     def _remember(self, kid: int, nid: int) -> None:
         if len(self._to_ns) >= CACHE_MAX:
@@ -159,14 +156,7 @@ class PidNamespace:
         """Learns every process and thread of the namespace (one pass over the host procfs)."""
         if len(self._ns_negative) > 4096:
             self._ns_negative.clear()
-        try:
-            names = os.listdir(self.host_proc)
-        except OSError:
-            return
-        for name in names:
-            if not name.isdigit():
-                continue
-            kid = int(name)
+        for kid in procfs.pids(self.host_proc):
             nid = self._read(kid)
             if nid is None:
                 continue
@@ -174,12 +164,7 @@ class PidNamespace:
             self.learn_threads(kid)
 
     def learn_threads(self, kpid: int) -> None:
-        try:
-            tids = os.listdir(f"{self.host_proc}/{kpid}/task")
-        except OSError:
-            return
-        for t in tids:
-            ktid = int(t)
+        for ktid in procfs.threads(kpid, proc=self.host_proc):
             if ktid not in self._to_ns:
                 nid = self._read(ktid)
                 if nid is not None:
