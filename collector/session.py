@@ -25,6 +25,7 @@ from gpuscope.probes.events import (
 )
 from gpuscope.probes.source import Source, SourceError
 
+from .liveindex import IndexedWriter
 from .perfetto import TraceWriter
 from .pystacks import Attribution
 from .status import StatusLine
@@ -100,7 +101,8 @@ class Session:
     def run(self, on_attached=None) -> Capture:
         """Capture until stopped. Raises SourceError if no source could start
         (the trace file, if opened, is still finished)."""
-        writer = TraceWriter(self.output)
+        # viewer-index hook (viewer branch): the trace writer also writes the viewer's index.
+        writer = IndexedWriter.for_trace(self.output)
         timeline = Timeline(writer)
         self.t0 = time.monotonic()
         try:
@@ -242,6 +244,8 @@ class Session:
                 self.notices.append(f"stall analysis failed: {e}")
         timeline.close()
         writer.close()
+        if getattr(writer, "index_error", None):   # viewer-index hook (viewer branch)
+            self.notices.append(writer.index_error)
         if self.status:
             self.status.done()
 

@@ -118,7 +118,13 @@ def aggregate(finished) -> list[tuple]:
     return out
 
 
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _args_json(args) -> str:
+    """Arguments as JSON, each value as the trace holds it: a number, a bool,
+    or else its str() (what the writer encodes for any other value)."""
+    return _text(_encode({k: v if isinstance(v, (str, int, float)) else str(v) for k, v in args}))
 
 
 def _text(s: str) -> str:
@@ -198,12 +204,12 @@ class IndexWriter:
                     try:
                         j = args_cache.get(args)
                     except TypeError:   # a value that is not hashable (from the live writer)
-                        j = _text(_encode(dict(args)))
+                        j = _args_json(args)
                     else:
                         if j is None:
                             if len(args_cache) > 100_000:
                                 args_cache.clear()
-                            j = args_cache[args] = _text(_encode(dict(args)))
+                            j = args_cache[args] = _args_json(args)
                     args = j
                 if kind == BEGIN:
                     st = openst.get(tr)
