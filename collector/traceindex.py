@@ -355,7 +355,9 @@ class TraceIndexer(IndexWriter):
                 if not m["head"]:
                     m["head"] = self.head()
                 recs = records(packets, st, [])
-                self.ingest(recs, end, m["packets"] + len(packets),
+                n = len(packets)
+                del packets   # before the next chunk is parsed
+                self.ingest(recs, end, m["packets"] + n,
                             st.rows() if st.dirty else None)
                 st.dirty = False
                 if progress:

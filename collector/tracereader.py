@@ -37,7 +37,7 @@ __all__ = ["BEGIN", "CLOCK", "COUNTER", "END", "INSTANT", "TRACK", "Interning", 
            "TraceError", "check", "file_size", "open_trace", "read_chunks", "read_head",
            "records"]
 
-CHUNK = 4 << 20
+CHUNK = 1 << 20   # a parsed chunk takes ~25x its size in memory
 BEGIN, END = pb.TrackEvent.TYPE_SLICE_BEGIN, pb.TrackEvent.TYPE_SLICE_END
 INSTANT, COUNTER = pb.TrackEvent.TYPE_INSTANT, pb.TrackEvent.TYPE_COUNTER
 TRACK, CLOCK = 101, 102
@@ -89,40 +89,43 @@ def read_chunks(path: str, offset: int = 0, chunk: int = CHUNK):
             if not head:
                 return
             if head != b"\x0a":
-                raise TraceError(f"not a Perfetto trace: byte 0 is 0x{head[0]:02x}, "
+                raise TraceError(f"not a Perfetto protobuf trace: byte 0 is 0x{head[0]:02x}, "
                                  "a trace starts with 0x0a", 0)
         f.seek(offset)
-        carry = b""
+        buf = bytearray()
         pos = offset
         while True:
-            data = f.read(max(chunk, _pending(carry) - len(carry)))
+            data = f.read(max(chunk, _pending(buf) - len(buf)))
             if not data:
                 return
-            buf = carry + data if carry else data
+            buf += data
+            del data
             used, frames, err = split_frames(buf, pos)
             if frames:
                 trace = pb.Trace()
-                try:
-                    trace.ParseFromString(memoryview(buf)[:used])   # one C call per chunk
-                except DecodeError:
-                    good, err = _locate_bad_packet(buf, frames, pos)
-                    yield pos + good[0], good[1]
-                    raise err from None
+                with memoryview(buf) as view:
+                    try:
+                        trace.ParseFromString(view[:used])   # one C call per chunk
+                    except DecodeError:
+                        good, err = _locate_bad_packet(view, frames, pos)
+                        yield pos + good[0], good[1]
+                        raise err from None
                 pos += used
                 yield pos, trace.packet
+                del trace
             if err is not None:
                 raise err
-            carry = buf[used:]
-            if len(carry) > MAX_PACKET + 16:
+            del buf[:used]
+            if len(buf) > MAX_PACKET + 16:
                 raise TraceError(f"unterminated record at byte {pos}", pos)
 
 
-def _pending(carry: bytes) -> int:
-    """Bytes the torn record at the start of carry needs in all (0 if unknown)."""
-    if len(carry) < 2:
+def _pending(buf) -> int:
+    """Bytes the torn record at the start of buf needs in all (0 if unknown)."""
+    if len(buf) < 2:
         return 0
     n, shift = 0, 0
-    for i, b in enumerate(carry[1:11], 2):
+    for i, b in enumerate(buf[1:11], 2):
         n |= (b & 0x7F) << shift
         if not b & 0x80:
             return min(n, MAX_PACKET) + i
@@ -320,4 +323,6 @@ def read(path: str, offset: int = 0, st: Interning | None = None):
     """Yields (end_offset, [records]) chunk by chunk from offset on."""
     st = st or Interning()
     for end, packets in read_chunks(path, offset):
-        yield end, records(packets, st, [])
+        recs = records(packets, st, [])
+        del packets   # before the next chunk is parsed
+        yield end, recs
