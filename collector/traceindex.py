@@ -18,8 +18,10 @@ dur NULL and completed by a later batch."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 
+from . import readerproc
 from .tracereader import (
     BEGIN,
     CLOCK,
@@ -310,7 +312,10 @@ class TraceIndexer(IndexWriter):
     grows: the reader's interning and the slices still open are kept in the
     index, so the next update reads on from the last complete record. A trace
     that was rewritten (different first bytes, or shorter), or an index the
-    collector left unfinished, is indexed anew. One at a time (callers lock)."""
+    collector left unfinished, is indexed anew. One at a time (callers lock).
+    A large part to read is decoded in a child process (readerproc)."""
+
+    PARALLEL_BYTES = 16 << 20
 
     def __init__(self, db: sqlite3.Connection, trace: str):
         super().__init__(db)
@@ -349,17 +354,20 @@ class TraceIndexer(IndexWriter):
         size = file_size(self.trace)
         if size <= m["offset"]:
             return False
-        st = self.interning
+        if not m["head"]:
+            m["head"] = self.head()
+        batches = (readerproc.read(self.trace, m["offset"], self.interning.rows())
+                   if size - m["offset"] >= self.PARALLEL_BYTES and (os.cpu_count() or 1) > 1
+                   else self._read())
         try:
-            for end, packets in read_chunks(self.trace, m["offset"]):
-                if not m["head"]:
-                    m["head"] = self.head()
-                recs = records(packets, st, [])
-                n = len(packets)
-                del packets   # before the next chunk is parsed
-                self.ingest(recs, end, m["packets"] + n,
-                            st.rows() if st.dirty else None)
-                st.dirty = False
+            for msg in batches:
+                if msg[0] == "error":
+                    raise TraceError(msg[1], msg[2] or 0)
+                end, n, recs, interned = msg
+                if interned is not None:
+                    self.interning = Interning(callstacks=False)
+                    self.interning.load(interned)
+                self.ingest(recs, end, m["packets"] + n, interned)
                 if progress:
                     progress(end, size)
         except TraceError as e:
@@ -372,3 +380,13 @@ class TraceIndexer(IndexWriter):
             self.save_meta()
             self.db.commit()
         return True
+
+    def _read(self):
+        """What readerproc.read yields, read here."""
+        st = self.interning
+        for end, packets in read_chunks(self.trace, self.meta["offset"]):
+            recs = records(packets, st, [])
+            n = len(packets)
+            del packets   # before the next chunk is parsed
+            yield end, n, recs, st.rows() if st.dirty else None
+            st.dirty = False

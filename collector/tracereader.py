@@ -26,6 +26,7 @@ import os
 import stat
 from typing import NamedTuple
 
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
@@ -46,6 +47,28 @@ _UNITS = {pb.CounterDescriptor.UNIT_TIME_NS: "ns", pb.CounterDescriptor.UNIT_COU
           pb.CounterDescriptor.UNIT_SIZE_BYTES: "bytes"}
 _SIMPLE = {"string_value", "int_value", "uint_value", "double_value", "bool_value",
            "pointer_value", "legacy_json_value"}
+
+
+def _lazy_annotations():
+    """perfetto's Trace and TracePacket, except that TrackEvent.debug_annotations
+    are kept as their bytes (the wire format is the same): most annotations
+    repeat (a path, an fd, a size), so each distinct one is decoded once."""
+    fdp = descriptor_pb2.FileDescriptorProto.FromString(pb.DESCRIPTOR.serialized_pb)
+    for m in fdp.message_type:
+        if m.name == "TrackEvent":
+            for f in m.field:
+                if f.name == "debug_annotations":
+                    f.type = f.TYPE_BYTES
+                    f.ClearField("type_name")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    return (message_factory.GetMessageClass(pool.FindMessageTypeByName("perfetto.protos.Trace")),
+            message_factory.GetMessageClass(
+                pool.FindMessageTypeByName("perfetto.protos.TracePacket")))
+
+
+Trace, TracePacket = _lazy_annotations()
+ARG_CACHE = 100_000   # distinct annotations kept decoded, per sequence
 
 
 class Track(NamedTuple):
@@ -102,7 +125,7 @@ def read_chunks(path: str, offset: int = 0, chunk: int = CHUNK):
             del data
             used, frames, err = split_frames(buf, pos)
             if frames:
-                trace = pb.Trace()
+                trace = Trace()
                 with memoryview(buf) as view:
                     try:
                         trace.ParseFromString(view[:used])   # one C call per chunk
@@ -137,7 +160,7 @@ def _locate_bad_packet(buf: bytes, frames, pos: int):
     """((bytes of good records, [their packets]), error) for a chunk that does not decode."""
     packets = []
     for a, b in frames:
-        p = pb.TracePacket()
+        p = TracePacket()
         try:
             p.ParseFromString(buf[a:b])
         except DecodeError:
@@ -191,6 +214,9 @@ def check(path: str, limit: int = 256 << 10) -> str | None:
 
 
 # -- packets -> records ------------------------------------------------------------
+_EMPTY: dict = {}
+
+
 class Interning:
     """Interned strings per trusted sequence, Perfetto's incremental state.
     `rows()`/`load()` let an index persist it and read on later."""
@@ -202,13 +228,14 @@ class Interning:
         self.strs: dict[int, dict[tuple[str, int], str]] = {}
         self.frames: dict[int, dict[int, Frame]] = {}
         self.stacks: dict[int, dict[int, tuple]] = {}
+        self.arg_cache: dict[int, dict[bytes, tuple]] = {}   # annotation bytes -> (key, value)
         self.default_track: dict[int, int] = {}
         self.dirty = False          # names changed since rows() was last saved
 
     def clear(self, seq: int) -> None:
         self.dirty = True
         self.names[seq], self.args[seq], self.strs[seq] = {}, {}, {}
-        self.frames[seq], self.stacks[seq] = {}, {}
+        self.frames[seq], self.stacks[seq], self.arg_cache[seq] = {}, {}, {}
 
     def add(self, seq: int, d) -> None:
         if d.event_names or d.debug_annotation_names:
@@ -217,6 +244,8 @@ class Interning:
         for e in d.event_names:
             names[e.iid] = e.name
         args = self.args.setdefault(seq, {})
+        if d.debug_annotation_names:
+            self.arg_cache[seq] = {}
         for e in d.debug_annotation_names:
             args[e.iid] = e.name
         if not self.callstacks or not (d.frames or d.callstacks or d.function_names):
@@ -234,6 +263,17 @@ class Interning:
         for c in d.callstacks:
             stacks[c.iid] = tuple(frames[i] for i in c.frame_ids if i in frames)
 
+    def arg(self, seq: int, raw: bytes) -> tuple:
+        """(key, value) of one annotation, decoded and kept."""
+        cache = self.arg_cache.get(seq)
+        if cache is None or len(cache) >= ARG_CACHE:
+            cache = self.arg_cache[seq] = {}
+        a = pb.DebugAnnotation.FromString(raw)
+        iid = a.name_iid
+        kv = cache[raw] = ((self.args.get(seq, _EMPTY).get(iid) or f"#{iid}") if iid else a.name,
+                           _value(a))
+        return kv
+
     def rows(self) -> list[tuple[int, int, int, str]]:
         """(seq, kind, iid, name): kind 1 event names, 2 argument names."""
         return ([(s, 1, i, n) for s, t in self.names.items() for i, n in t.items()] +
@@ -244,13 +284,11 @@ class Interning:
             (self.names if kind == 1 else self.args).setdefault(seq, {})[iid] = name
 
 
-_EMPTY: dict = {}
-
-
 def records(packets, st: Interning, out: list) -> list:
     """Appends the records of `packets` to out (see the module's docstring)."""
     add = out.append
     cleared = SEQ_CLEARED
+    arg, arg_cache = st.arg, st.arg_cache
     for p in packets:
         seq = p.trusted_packet_sequence_id
         if p.sequence_flags & cleared:
@@ -272,10 +310,10 @@ def records(packets, st: Interning, out: list) -> list:
             iid = ev.name_iid
             name = (st.names.get(seq, _EMPTY).get(iid) or f"#{iid}") if iid else ev.name
             args = None
-            if ev.debug_annotations:
-                an = st.args.get(seq, _EMPTY)
-                args = tuple((an.get(a.name_iid) or f"#{a.name_iid}" if a.name_iid else a.name,
-                              _value(a)) for a in ev.debug_annotations)
+            anns = ev.debug_annotations
+            if anns:
+                got = arg_cache.get(seq, _EMPTY).get
+                args = tuple([got(raw) or arg(seq, raw) for raw in anns])
             if typ == BEGIN:
                 add((BEGIN, p.timestamp, tr, name, args))
             elif typ == INSTANT:

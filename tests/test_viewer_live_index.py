@@ -13,11 +13,11 @@ import subprocess
 import sys
 import time
 
-from test_viewer_support import HOSTILE, Synth
+from test_viewer_support import Synth
 
-from gpuscope.collector.liveindex import IndexedWriter, index_path
+from gpuscope.collector.liveindex import index_path
 from gpuscope.collector.traceindex import TraceIndexer, connect
-from gpuscope.probes.events import Span, ThreadName
+from gpuscope.probes.events import Span
 from gpuscope.viewer import create_app
 
 import tracecheck
@@ -57,19 +57,10 @@ def files_in(d) -> list:
     return sorted(os.listdir(d)) if os.path.isdir(d) else []
 
 
-class IndexedSynth(Synth):
-    """The viewer tests' synthetic job, written through IndexedWriter."""
-
-    def __init__(self, path: str, **kw):
-        super().__init__(os.devnull, **kw)   # throwaway writer; replaced before anything is read
-        from gpuscope.collector.timeline import Timeline
-
-        self.w = IndexedWriter.for_trace(path, flush_bytes=kw.get("flush_bytes", 1 << 20))
-        self.tl = Timeline(self.w)
-        self.tl.add(ThreadName(self.main, self.main, self.t, HOSTILE, is_process=True))
-        for w in self.workers:
-            self.tl.add(ThreadName(w, w, self.t, "pt_data_worker", is_process=True))
-        self.verdict = self.tl.global_track("verdict")
+def IndexedSynth(path: str, **kw) -> Synth:
+    """The viewer tests' synthetic job, written as a capture writes it (with
+    the live index), with a hostile process name."""
+    return Synth(path, indexed=True, hostile=True, **kw)
 
 
 def test_live_index_is_the_index_of_the_finished_trace(tmp_path):
