@@ -72,16 +72,16 @@ class Index:
                 db.close()
         except sqlite3.Error:
             return False
-        if not m.get("live") or m.get("schema") != SCHEMA or not m.get("head"):
+        if not m.get("live") or m.get("schema") != SCHEMA:
             return False
         size = file_size(self.trace)
         try:
             with open(self.trace, "rb") as f:
-                same = f.read(96).hex().startswith(m["head"])
+                same = f.read(96).hex().startswith(m.get("head") or "")   # "": nothing flushed yet
         except OSError:
             return False
         if m.get("complete"):
-            return same and size == m["offset"]
+            return same and size == m["offset"] and bool(m.get("head"))
         return same and size >= m["offset"] and _alive(m.get("writer_pid"))
 
     def refresh(self, wait: bool = False) -> None:
