@@ -5,7 +5,8 @@ come back pickled on its stdout, one chunk at a time, so at most a chunk or
 two is in flight whatever the trace's size.
 
 Each message is (end_offset, packets, records, interning rows or None), or
-("error", message, offset) for a TraceError, or None at the end."""
+("error", message, offset) for a TraceError, or None at the end. If the
+child cannot run or dies, Died says so and the caller reads on itself."""
 
 from __future__ import annotations
 
@@ -20,19 +21,29 @@ from .tracereader import Interning, TraceError, read_chunks, records
 _LEN = struct.Struct("<Q")
 
 
+class Died(Exception):
+    """The reader process could not start or ended early; read on in-process."""
+
+
 def read(path: str, offset: int, interned: list):
     """Yields what the child sends, in order (see the module's docstring)."""
-    child = subprocess.Popen([sys.executable, "-m", __name__, path, str(offset)],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL)
     try:
-        child.stdin.write(pickle.dumps(interned, protocol=5))
-        child.stdin.close()
+        child = subprocess.Popen([sys.executable, "-m", __name__, path, str(offset)],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL)
+    except OSError as e:
+        raise Died(str(e)) from None
+    try:
+        try:
+            child.stdin.write(pickle.dumps(interned, protocol=5))
+            child.stdin.close()
+        except OSError as e:
+            raise Died(str(e)) from None
         out = child.stdout
         while True:
             head = out.read(_LEN.size)
             if len(head) < _LEN.size:
-                raise OSError(0, "the trace reader process ended early")
+                raise Died("the trace reader process ended early")
             msg = pickle.loads(out.read(_LEN.unpack(head)[0]))
             if msg is None:
                 return

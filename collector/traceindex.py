@@ -356,20 +356,13 @@ class TraceIndexer(IndexWriter):
             return False
         if not m["head"]:
             m["head"] = self.head()
-        batches = (readerproc.read(self.trace, m["offset"], self.interning.rows())
-                   if size - m["offset"] >= self.PARALLEL_BYTES and (os.cpu_count() or 1) > 1
-                   else self._read())
+        parallel = size - m["offset"] >= self.PARALLEL_BYTES and (os.cpu_count() or 1) > 1
         try:
-            for msg in batches:
-                if msg[0] == "error":
-                    raise TraceError(msg[1], msg[2] or 0)
-                end, n, recs, interned = msg
-                if interned is not None:
-                    self.interning = Interning(callstacks=False)
-                    self.interning.load(interned)
-                self.ingest(recs, end, m["packets"] + n, interned)
-                if progress:
-                    progress(end, size)
+            try:
+                self._consume(readerproc.read(self.trace, m["offset"], self.interning.rows())
+                              if parallel else self._read(), size, progress)
+            except readerproc.Died:
+                self._consume(self._read(), size, progress)   # from where the child stopped
         except TraceError as e:
             m["error"] = str(e)
             m["error_at"] = e.offset
@@ -380,6 +373,19 @@ class TraceIndexer(IndexWriter):
             self.save_meta()
             self.db.commit()
         return True
+
+    def _consume(self, batches, size: int, progress) -> None:
+        m = self.meta
+        for msg in batches:
+            if msg[0] == "error":
+                raise TraceError(msg[1], msg[2] or 0)
+            end, n, recs, interned = msg
+            if interned is not None:
+                self.interning = Interning(callstacks=False)
+                self.interning.load(interned)
+            self.ingest(recs, end, m["packets"] + n, interned)
+            if progress:
+                progress(end, size)
 
     def _read(self):
         """What readerproc.read yields, read here."""

@@ -236,6 +236,11 @@ class Interning:
         self.dirty = True
         self.names[seq], self.args[seq], self.strs[seq] = {}, {}, {}
         self.frames[seq], self.stacks[seq], self.arg_cache[seq] = {}, {}, {}
+        self.default_track.pop(seq, None)
+
+    def defaults(self, seq: int, d) -> None:
+        if d.HasField("track_event_defaults"):
+            self.default_track[seq] = d.track_event_defaults.track_uuid
 
     def add(self, seq: int, d) -> None:
         if d.event_names or d.debug_annotation_names:
@@ -293,6 +298,8 @@ def records(packets, st: Interning, out: list) -> list:
         seq = p.trusted_packet_sequence_id
         if p.sequence_flags & cleared:
             st.clear(seq)
+            if p.HasField("trace_packet_defaults"):
+                st.defaults(seq, p.trace_packet_defaults)
         which = p.WhichOneof("data")
         if p.HasField("interned_data"):
             st.add(seq, p.interned_data)
@@ -325,9 +332,7 @@ def records(packets, st: Interning, out: list) -> list:
         elif which == "clock_snapshot":
             add((CLOCK, {c.clock_id: c.timestamp for c in p.clock_snapshot.clocks}))
         elif which is None and p.HasField("trace_packet_defaults"):
-            d = p.trace_packet_defaults
-            if d.HasField("track_event_defaults"):
-                st.default_track[seq] = d.track_event_defaults.track_uuid
+            st.defaults(seq, p.trace_packet_defaults)
     return out
 
 

@@ -7,6 +7,7 @@ sequence's SEQ_INCREMENTAL_STATE_CLEARED packet forgets its names)."""
 from __future__ import annotations
 
 import sqlite3
+import sys
 
 import pytest
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
@@ -85,3 +86,13 @@ def test_interning_is_per_sequence_and_cleared(tmp_path):
     build(str(path), db, parallel=False)
     assert rows(db)["instants"] == inst
     assert list(replay.events(str(path))) == []   # no thread: nothing to analyse
+
+
+def test_reader_process_that_cannot_run_falls_back(tmp_path, monkeypatch):
+    path = tmp_path / "t.pftrace"
+    write_trace(str(path), steps=40, n_io=10)
+    here = build(str(path), str(tmp_path / "here.sqlite"), parallel=False)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    there = build(str(path), str(tmp_path / "there.sqlite"), parallel=True)
+    assert here == there and here["error"] is None
+    assert rows(str(tmp_path / "here.sqlite")) == rows(str(tmp_path / "there.sqlite"))
