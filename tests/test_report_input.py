@@ -6,9 +6,9 @@ bounded memory (peak RSS from the kernel's own accounting) and time."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -18,22 +18,33 @@ GPUSCOPE = [sys.executable, "-m", "gpuscope.collector.cli"]
 RSS_LIMIT_KB = 200 << 10
 
 
+# Peak RSS survives exec, so a child of this (large) test process would report
+# ours. A small launcher forks gpuscope and reports the grandchild's own peak.
+LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable] + sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+sys.stderr.write(f"maxrss_kb={usage.ru_maxrss}\\n")
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def report(path: str, timeout: float = 60) -> tuple[int, str, int]:
     """(exit status, stderr, peak RSS in KiB) of `gpuscope report path`."""
-    p = subprocess.Popen(GPUSCOPE + ["report", path], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    end = time.monotonic() + timeout
-    while True:
-        pid, status, usage = os.wait4(p.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() > end:
-            p.kill()
-            os.wait4(p.pid, 0)
-            pytest.fail(f"report {path} still running after {timeout} s")
-        time.sleep(0.05)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    return p.returncode, p.stderr.read().decode(), usage.ru_maxrss
+    p = subprocess.Popen([sys.executable, "-c", LAUNCHER, *GPUSCOPE[1:], "report", path],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        pytest.fail(f"report {path} still running after {timeout} s")
+    lines = err.decode().splitlines()
+    assert lines and lines[-1].startswith("maxrss_kb="), err
+    return p.returncode, "\n".join(lines[:-1]) + "\n", int(lines[-1].split("=")[1])
 
 
 def sparse(path, size: int, head: bytes = b"") -> str:
