@@ -81,13 +81,16 @@ def connect(path: str) -> sqlite3.Connection:
 
 
 def aggregate(finished) -> list[tuple]:
-    """Agg rows for finished slices [(track, ts, dur, depth, lvl)]: level by
-    level, each folded from the one below (buckets grow 8x) plus the slices
-    too long for the level below."""
+    """Agg rows for finished slices, rows of the slices table (id, track, ts,
+    dur, depth, lvl, ...): level by level, each folded from the one below
+    (buckets grow 8x) plus the slices too long for the level below."""
     out: list[tuple] = []
     by_lvl: dict[int, list] = {}
     for s in finished:
-        by_lvl.setdefault(s[4], []).append(s)
+        lv = by_lvl.get(s[5])
+        if lv is None:
+            lv = by_lvl[s[5]] = []
+        lv.append(s)
     prev: dict = {}
     prev_k = -1
     for k in LEVELS:
@@ -103,7 +106,8 @@ def aggregate(finished) -> list[tuple]:
                 c[1] = min(c[1], t0)
                 c[2] = max(c[2], t1)
         for lvl in range(prev_k + 1, k + 1):
-            for tr, ts, dur, depth, _ in by_lvl.get(lvl, ()):
+            for s in by_lvl.get(lvl, ()):
+                tr, ts, dur, depth = s[1], s[2], s[3], s[4]
                 key = (tr, depth, ts >> k)
                 c = cur.get(key)
                 end = ts + dur
@@ -279,8 +283,8 @@ class IndexWriter:
                        [c[:3] for c in closed])
         db.executemany("INSERT INTO instants VALUES (?, ?, ?, ?, ?)", instants)
         db.executemany("INSERT INTO counters VALUES (?, ?, ?)", counters)
-        finished = [(r[1], r[2], r[3], r[4], r[5]) for r in rows if r[3] is not None]
-        finished += [(tr, ts, dur, depth, lvl) for dur, lvl, _, tr, ts, depth in closed]
+        finished = [r for r in rows if r[3] is not None]
+        finished += [(sid, tr, ts, dur, depth, lvl) for dur, lvl, sid, tr, ts, depth in closed]
         db.executemany(AGG_UPSERT, aggregate(finished))
         for r in rows:
             t = tracks.get(r[1])
