@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from gpuscope.probes.events import CounterSample, Event, Loss, StackSample, ThreadName
 from gpuscope.probes.source import SourceStats
 
-from .perfetto import TraceWriter
+from .liveindex import IndexedWriter
 from .summary import write_summary
 from .timeline import Timeline
 from .verdict import verdict_events
@@ -37,7 +37,8 @@ class Recording:
 
     def __init__(self, output: str, pid: int, command: list[str], analysis=None):
         self.output, self.pid, self.command = output, pid, command
-        self.writer = TraceWriter(output)
+        # The writer also writes the viewer's index beside the trace, as it goes.
+        self.writer = IndexedWriter.for_trace(output)
         self.timeline = Timeline(self.writer)
         self.analysis = analysis        # the stall analysis: feed(batch), result()
         self.counts: dict[str, int] = {}  # events written, per category
@@ -76,6 +77,8 @@ class Recording:
             self.timeline.close()
         finally:
             self.writer.close()
+            if self.writer.index_error:
+                self.notices.append(self.writer.index_error)
 
     def finish(self, reason: str, duration_s: float, stats: SourceStats, processes,
                notices: list[str], attach_s: float = 0.0) -> Capture:

@@ -11,6 +11,7 @@ import random
 import threading
 import time
 
+from gpuscope.collector.liveindex import IndexedWriter
 from gpuscope.collector.perfetto import TraceWriter
 from gpuscope.collector.timeline import Timeline
 from gpuscope.probes.events import CounterSample, Frame, Instant, Span, StackSample, ThreadName
@@ -28,8 +29,12 @@ class Synth:
     slices on the verdict track. `events` counts what was written (a span is
     one event: one slice)."""
 
-    def __init__(self, path: str, seed: int = 1, hostile: bool = False, flush_bytes: int = 1 << 20):
-        self.w = TraceWriter(path, flush_bytes=flush_bytes)
+    def __init__(self, path: str, seed: int = 1, hostile: bool = False, flush_bytes: int = 1 << 20,
+                 indexed: bool = False, offsets: bool = False):
+        # indexed: written as a capture writes it, with the viewer's live index;
+        # offsets: each read has its own file offset, so no two IO slices share arguments.
+        self.w = (IndexedWriter.for_trace if indexed else TraceWriter)(path, flush_bytes=flush_bytes)
+        self.offsets = offsets
         self.tl = Timeline(self.w)
         self.rng = random.Random(seed)
         self.events = 0
@@ -56,7 +61,10 @@ class Synth:
                 s = t + i * gap + rng.randrange(gap // 2)
                 d = rng.randrange(1_000, gap // 2)
                 path = f"/data/{HOSTILE if self.hostile else 'shard'}-{i % 7}.bin"
-                tl.add(Span("io", "read", w, w, s, s + d, {"path": path, "fd": 7, "bytes": 4096}))
+                args = {"path": path, "fd": 7, "bytes": 4096}
+                if self.offsets:
+                    args["offset"] = s
+                tl.add(Span("io", "read", w, w, s, s + d, args))
                 self.events += 1
             s = t + i * gap + gap // 2
             tl.add(Span("cuda", "cudaLaunchKernel", self.main, self.main, s, s + 3_000,
