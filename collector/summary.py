@@ -12,6 +12,15 @@ import time
 SCHEMA_VERSION = 1
 
 
+def _aggregated(session) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for src in getattr(session, "_started", []):
+        for k, v in src.stats().items():
+            if k.endswith(".aggregated"):
+                out[k[:-11]] = out.get(k[:-11], 0) + v
+    return out
+
+
 def write_summary(session, cap, writer) -> dict:
     doc = {
         "schema_version": SCHEMA_VERSION,
@@ -28,6 +37,8 @@ def write_summary(session, cap, writer) -> dict:
         "events": cap.events,
         "events_written": session.counts,
         "lost": cap.lost,
+        # Events counted in the kernel rather than shipped one by one, per source.
+        "aggregated": _aggregated(session),
         "notices": cap.notices,
     }
     # The stall analysis: verdict, steps, stall_frames, main_wait_frames, top_files.

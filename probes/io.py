@@ -1,16 +1,22 @@
 """IO syscall probe: what the target tree reads, writes, opens and maps,
 with paths, bytes and latency. Keeps each process's fd -> path table from
 openat's own results (seeded from /proc), because the kernel structs that
-hold it cannot be read safely here."""
+hold it cannot be read safely here.
+
+IO on fds that are not data files (pipes, sockets, /dev, ...) is summed in
+the kernel (summed.py), which keeps its own fd -> class map (io.bpf.c);
+this seeds that map from /proc for processes it did not see create them."""
 
 from __future__ import annotations
 
+import ctypes as ct
 import errno
 import os
 
 from . import procfs
 from .events import IO, Event, Span
-from .kernel import Probe, tracepoint_exists
+from .kernel import BPF_NOEXIST, Probe, bcc_module, tracepoint_exists
+from .summed import CLS_DATA, CLS_OTHER
 
 # Kind numbers from io.h -> syscall names.
 IO_KINDS = {1: "openat", 2: "read", 3: "pread64", 4: "readv", 5: "preadv", 6: "write",
@@ -24,6 +30,16 @@ _NEW_FDS = {17: ("pipe:", "pipe"), 18: ("socket:", "socket"), 19: ("socket:", "s
             20: ("anon_inode:", "eventfd"), 21: ("/memfd:", "memfd")}
 _BYTES_KINDS = {2, 3, 4, 5, 6, 7, 8, 15}  # ret is a byte count
 AT_FDCWD = -100
+_NOT_DATA = ("/dev/", "/proc/", "/sys/", "/memfd:")
+
+
+def fd_class(link: str) -> int:
+    """The kernel's class (summed.h) for what /proc/PID/fd/N links to: the
+    same rule io.bpf.c applies to paths, plus what only /proc shows
+    (pipe:[..], socket:[..], anon_inode:..)."""
+    if link.startswith("/") and not link.startswith(_NOT_DATA) and link not in ("/dev", "/proc", "/sys"):
+        return CLS_DATA
+    return CLS_OTHER
 
 
 class IoProbe(Probe):
@@ -31,6 +47,7 @@ class IoProbe(Probe):
     bpf_file = "io.bpf.c"
     ring = "io_events"
     drop_slot = 0  # DROP_IO
+    summed_kinds = IO_KINDS
 
     def __init__(self):
         self.table = None
@@ -45,6 +62,14 @@ class IoProbe(Probe):
     def initial_events(self, pids: list[int], out: list[Event]) -> None:
         for pid in pids:
             self._table(pid)
+
+    def seed(self, bpf, kid: int, pid: int) -> None:
+        # Only where the kernel has no class yet: it may already have seen
+        # a newer fd behind the same number than the /proc read shows.
+        table, update = bpf["fd_classes"], bcc_module().libbcc.lib.bpf_update_elem
+        for fd, link in procfs.fd_table(pid).items():
+            key, val = table.Key(kid, fd), ct.c_uint32(fd_class(link))
+            update(table.map_fd, ct.byref(key), ct.byref(val), BPF_NOEXIST)
 
     # -- fd table ----------------------------------------------------------
     def _table(self, pid: int) -> dict[int, str]:

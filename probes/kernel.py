@@ -16,10 +16,30 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .events import Event, Loss
+from .events import Event, Instant, Loss
 from .source import Source, SourceError
+from .summed import SummedReader
 
 HERE = Path(__file__).resolve().parent
+BPF_NOEXIST = 1
+
+# Config slots, as in tracked.h.
+CFG_ONEBY_OFFCPU_NS, CFG_FILE_SUMMED_NS, CFG_IPC_LIFECYCLE_SUMMED = 0, 1, 2
+# Detail levels for the overhead budget, most detail first: (what is given up,
+# config). Raised and lowered at run time through the config map, no reload.
+# Always, at every level: data-file IO one by one (except short transfers
+# from level 2), IO on non-data fds summed per thread, off-CPU waits below
+# --min-offcpu-us not counted.
+LEVELS = [
+    ("full detail: creating and closing pipes/sockets one by one, off-CPU waits >= 1 ms one by one",
+     {CFG_ONEBY_OFFCPU_NS: 1_000_000, CFG_FILE_SUMMED_NS: 0, CFG_IPC_LIFECYCLE_SUMMED: 0}),
+    ("pipe/socket creation and closing summed; off-CPU waits < 5 ms summed",
+     {CFG_ONEBY_OFFCPU_NS: 5_000_000, CFG_FILE_SUMMED_NS: 0, CFG_IPC_LIFECYCLE_SUMMED: 1}),
+    ("data-file reads/writes < 100 µs summed (no path; opens kept); off-CPU waits < 20 ms summed",
+     {CFG_ONEBY_OFFCPU_NS: 20_000_000, CFG_FILE_SUMMED_NS: 100_000, CFG_IPC_LIFECYCLE_SUMMED: 1}),
+    ("data-file reads/writes < 1 ms summed (no path; opens kept); off-CPU waits < 100 ms summed",
+     {CFG_ONEBY_OFFCPU_NS: 100_000_000, CFG_FILE_SUMMED_NS: 1_000_000, CFG_IPC_LIFECYCLE_SUMMED: 1}),
+]
 
 
 def _quiet(job) -> None:
@@ -65,6 +85,12 @@ class Probe:
     def tracked(self) -> list[int]:
         """PIDs being watched (set by KernelProbes when the probe is loaded)."""
         return []
+
+    def seed(self, bpf, kid: int, pid: int) -> None:
+        """A process joined (kernel PID kid, user PID pid): fill kernel maps from /proc."""
+
+    # Kinds this probe's events are summed under in the kernel (summed.h), by name.
+    summed_kinds: dict[int, str] = {}
 
     def notices(self) -> list[str]:
         return []
@@ -113,6 +139,8 @@ class KernelProbes(Source):
         self._decode_errors = {p.name: 0 for p in self.probes}
         self._last_tick = 0.0
         self._raw: list = []  # (order time, probe, record) copied during a poll
+        self.level = 0
+        self.summed: SummedReader | None = None
         for p in self.probes:
             p.tracked = self.tracked
 
@@ -121,11 +149,12 @@ class KernelProbes(Source):
         """The probes' files joined in one unit. Joined, not #included: BCC
         generates tracepoint argument structs only for the main file."""
         parts = [f'// ---- {name} ----\n#line 1 "{name}"\n' + (HERE / name).read_text()
-                 for name in ["tracked.h"] + [p.bpf_file for p in self.probes]]
+                 for name in ["tracked.h", "summed.h"] + [p.bpf_file for p in self.probes]]
         return "\n".join(parts)
 
     def cflags(self) -> list[str]:
-        flags = [f"-I{HERE}", "-Wno-macro-redefined", "-Wno-unused-function"]
+        flags = [f"-I{HERE}", "-Wno-macro-redefined", "-Wno-unused-function",
+                 f"-DGS_NCPUS={os.cpu_count() or 1}"]
         for p in self.probes:
             flags += p.cflags()
         return flags + self.extra_cflags
@@ -141,6 +170,10 @@ class KernelProbes(Source):
             self.bpf = bcc.BPF(text=self.program_text(), cflags=self.cflags())
         except Exception as e:  # BCC raises bare Exception on compile/load errors
             raise SourceError(advice_for(e)) from e
+        self.set_level(self.level)
+        kinds = {k: v for p in self.probes for k, v in p.summed_kinds.items()}
+        self.summed = SummedReader(kinds, self.user_pid)
+        self.summed.offcpu_oneby_ns = LEVELS[self.level][1][CFG_ONEBY_OFFCPU_NS]
         pids = list(pids)
         for pid in pids:
             self.add_process(pid)
@@ -196,7 +229,12 @@ class KernelProbes(Source):
     def add_process(self, pid: int) -> None:
         kid = self.kernel_pid(pid)
         if self.bpf is not None and kid is not None:
-            self.bpf["tracked"][ct.c_uint32(kid)] = ct.c_uint32(1)
+            # No overwrite: a child the kernel added at fork keeps its parent.
+            t = self.bpf["tracked"]
+            bcc_module().libbcc.lib.bpf_update_elem(
+                t.map_fd, ct.byref(ct.c_uint32(kid)), ct.byref(ct.c_uint32(0)), BPF_NOEXIST)
+            for p in self.probes:
+                p.seed(self.bpf, kid, pid)
 
     def remove_process(self, pid: int) -> None:
         kid = self.kernel_pid(pid)
@@ -217,16 +255,44 @@ class KernelProbes(Source):
         if self.bpf is None:
             time.sleep(timeout_s)
             return []
+        # Records are submitted without a wakeup (the ring wakes this only
+        # when a quarter full): wait out the timeout, then take everything.
         self.bpf.ring_buffer_poll(max(1, int(timeout_s * 1000)))
+        self.bpf.ring_buffer_consume()
         self._decode_raw()
         now = time.monotonic()
         if now - self._last_tick >= 0.5:
             self._last_tick = now
             for p in self.probes:
                 p.tick(self.bpf, self._out)
+            self.summed.read(self.bpf, self._out)
             self._collect_drops()
         out, self._out = self._out, []
         return out
+
+    # -- detail levels (the overhead budget's knob) -----------------------
+    def levels(self) -> int:
+        """How many detail levels there are (0 = full detail)."""
+        return len(LEVELS)
+
+    def set_level(self, n: int) -> None:
+        """Lower (n > 0) or restore (n = 0) event detail, live, without
+        reloading. Emits a notice event saying what the level gives up."""
+        n = max(0, min(len(LEVELS) - 1, int(n)))
+        changed = n != self.level
+        self.level = n
+        if self.bpf is None:
+            return
+        what, cfg = LEVELS[n]
+        table = self.bpf["gs_config"]
+        for slot, value in cfg.items():
+            table[ct.c_int(slot)] = ct.c_uint64(value)
+        if self.summed is not None:
+            self.summed.read(self.bpf, self._out)  # sums so far, under the old level's name
+            self.summed.offcpu_oneby_ns = cfg[CFG_ONEBY_OFFCPU_NS]
+        if changed:
+            self._out.append(Instant("gpuscope", "detail level", 0, 0, time.monotonic_ns(),
+                                     {"source": self.name, "level": n, "of": len(LEVELS), "detail": what}))
 
     def _collect_drops(self) -> None:
         counts = self.bpf["drops"]
@@ -247,6 +313,7 @@ class KernelProbes(Source):
         self._decode_raw()
         for p in self.probes:
             p.tick(self.bpf, self._out)  # e.g. rates over the last, partial window
+        self.summed.read(self.bpf, self._out)
         self._collect_drops()
         out, self._out = self._out, []
         return out
@@ -265,11 +332,13 @@ class KernelProbes(Source):
 
     def stats(self) -> dict[str, int]:
         lost = {k: self._kdrops[k] + self._decode_errors[k] for k in self._events}
+        summed = dict(self.summed.totals) if self.summed is not None else {}
         return {
             "events": sum(self._events.values()),
             "lost": sum(lost.values()),
             **{f"{k}.events": v for k, v in self._events.items()},
             **{f"{k}.lost": v for k, v in lost.items()},
+            **{f"{k}.aggregated": v for k, v in summed.items()},  # summed in the kernel
         }
 
     def notices(self) -> list[str]:
