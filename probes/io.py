@@ -16,6 +16,7 @@ import os
 from . import procfs
 from .events import IO, Event, Span
 from .kernel import BPF_NOEXIST, Probe, bcc_module, tracepoint_exists
+from .ringbuf import event_class, struct_of
 from .summed import CLS_DATA, CLS_OTHER
 
 # Kind numbers from io.h -> syscall names.
@@ -48,16 +49,17 @@ class IoProbe(Probe):
     ring = "io_events"
     drop_slot = 0  # DROP_IO
     summed_kinds = IO_KINDS
+    raw_bytes = True
 
     def __init__(self):
-        self.table = None
+        self.head = None  # struct io_event up to its path, which only some records carry
         self.fds: dict[int, dict[int, str]] = {}
 
     def cflags(self) -> list[str]:
         return ["-DHAVE_OPENAT2"] if tracepoint_exists("syscalls", "sys_enter_openat2") else []
 
     def attach(self, bpf) -> None:
-        self.table = bpf[self.ring]
+        self.head = struct_of(event_class(bpf[self.ring]), upto="path")
 
     def initial_events(self, pids: list[int], out: list[Event]) -> None:
         for pid in pids:
@@ -107,18 +109,17 @@ class IoProbe(Probe):
         return os.path.normpath(os.path.join(base, path)) if base else path
 
     # -- decode ------------------------------------------------------------
-    def decode(self, raw, size: int, out: list[Event]) -> None:
-        e = self.table.event(raw)
-        kind, pid, ret, fd = e.kind, e.pid, e.ret, e.fd
+    def decode(self, raw: bytes, size: int, out: list[Event]) -> None:
+        start, end, pid, tid, kind, fd, ret, count, offset = self.head.unpack_from(raw)
         args: dict = {}
         if kind in _NEW_FDS:
-            fds = [e.count, e.offset] if kind in (17, 19) else [ret]
+            fds = [count, offset] if kind in (17, 19) else [ret]
             if ret >= 0:
                 self._created(pid, kind, [int(x) for x in fds])
                 args["fds" if len(fds) == 2 else "fd"] = (
                     f"{int(fds[0])},{int(fds[1])}" if len(fds) == 2 else ret)
         elif kind in _PATH_KINDS:
-            path = self._resolve(pid, fd, bytes(e.path).split(b"\0", 1)[0].decode("utf-8", "replace"))
+            path = self._resolve(pid, fd, raw[self.head.size:].split(b"\0", 1)[0].decode("utf-8", "replace"))
             args["path"] = path
             if kind in _OPENS and ret >= 0:
                 self._table(pid)[ret] = path
@@ -135,11 +136,11 @@ class IoProbe(Probe):
         if kind in _BYTES_KINDS:
             if ret >= 0:
                 args["bytes"] = ret
-            args["requested"] = e.count
+            args["requested"] = count
         elif kind == 10:  # mmap
-            args["length"] = e.count
-        if e.offset >= 0 and kind in (3, 5, 7, 10, 15):
-            args["offset"] = e.offset
+            args["length"] = count
+        if offset >= 0 and kind in (3, 5, 7, 10, 15):
+            args["offset"] = offset
         if ret < 0:
             args["error"] = errno.errorcode.get(-ret, str(-ret))
-        out.append(Span(IO, IO_KINDS.get(kind, f"io{kind}"), pid, e.tid, e.start, e.end, args))
+        out.append(Span(IO, IO_KINDS.get(kind, f"io{kind}"), pid, tid, start, end, args))

@@ -10,18 +10,24 @@ from __future__ import annotations
 
 import ctypes as ct
 import errno
+import operator
 import os
+import select
+import struct
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .events import Event, Instant, Loss
+from .ringbuf import RingReader, event_class, struct_of
 from .source import Source, SourceError
 from .summed import SummedReader
 
 HERE = Path(__file__).resolve().parent
 BPF_NOEXIST = 1
+_u64 = struct.Struct("<Q")
+_first = operator.itemgetter(0)
 
 # Config slots, as in tracked.h.
 CFG_ONEBY_OFFCPU_NS, CFG_FILE_SUMMED_NS, CFG_IPC_LIFECYCLE_SUMMED = 0, 1, 2
@@ -60,6 +66,10 @@ class Probe:
     # Byte offset of the u64 time at which a record was submitted (a span's
     # end, an instant's time): records of all rings are decoded in this order.
     order_offset = 8
+    # decode() takes the record as bytes (else a ctypes char pointer, for
+    # BCC's table.event()); layout is the record's struct.Struct, from BCC.
+    raw_bytes = False
+    layout: struct.Struct | None = None
 
     def cflags(self) -> list[str]:
         return []
@@ -138,7 +148,8 @@ class KernelProbes(Source):
         self._kdrops = {p.name: 0 for p in self.probes}    # counted by the kernel
         self._decode_errors = {p.name: 0 for p in self.probes}
         self._last_tick = 0.0
-        self._raw: list = []  # (order time, probe, record) copied during a poll
+        self._rings: list[tuple[Probe, RingReader]] = []
+        self._epoll = select.epoll()
         self.level = 0
         self.summed: SummedReader | None = None
         for p in self.probes:
@@ -189,34 +200,44 @@ class KernelProbes(Source):
             p.initial_events(pids, self._out)
 
     def _open_ring(self, probe: Probe) -> None:
-        # Records are copied out and decoded after the poll, in time order
-        # across all rings: a child's first IO must not be decoded before the
-        # fork that gave it its fds, nor a pipe() after that fork.
-        off = probe.order_offset
+        reader = RingReader(self.bpf[probe.ring])
+        if probe.raw_bytes:
+            probe.layout = struct_of(event_class(self.bpf[probe.ring]))
+        self._rings.append((probe, reader))
+        self._epoll.register(reader.fd, select.EPOLLIN)
 
-        def cb(_ctx, data, size, probe=probe):
-            self._events[probe.name] += 1
-            raw = self.record(probe, data, size)
-            if raw is not None:
-                self._raw.append((int.from_bytes(raw[off:off + 8], "little"), probe, raw))
-            return 0
-
-        self.bpf[probe.ring].open_ring_buffer(cb)
-
-    def _decode_raw(self) -> None:
-        raw, self._raw = self._raw, []
-        raw.sort(key=lambda r: r[0])
-        for _, probe, rec in raw:
+    def _read_rings(self) -> None:
+        """Copies every ring's records out, then decodes them in time order
+        across rings: a child's first IO must not be decoded before the fork
+        that gave it its fds, nor a pipe() after that fork."""
+        batch: list = []
+        hooked = type(self).record is not KernelProbes.record
+        for probe, reader in self._rings:
+            recs: list[bytes] = []
+            n = reader.read(recs)
+            if not n:
+                continue
+            self._events[probe.name] += n
+            if hooked:
+                recs = [r for r in (self.record(probe, r, len(r)) for r in recs) if r is not None]
+            at = _u64.unpack_from
+            off = probe.order_offset
+            batch += [(at(r, off)[0], probe, r) for r in recs]
+        if not batch:
+            return
+        batch.sort(key=_first)  # stable; each ring is nearly in order already
+        out = self._out
+        for _, probe, rec in batch:
             try:
-                probe.decode(ct.c_char_p(rec), len(rec), self._out)
+                probe.decode(rec if probe.raw_bytes else ct.c_char_p(rec), len(rec), out)
             except Exception as e:  # a bad record must not end the capture
                 self._decode_errors[probe.name] += 1
-                self._out.append(Loss(probe.name, time.monotonic_ns(), 1, f"decode: {e}"))
+                out.append(Loss(probe.name, time.monotonic_ns(), 1, f"decode: {e}"))
 
     # -- PIDs across the BPF boundary: overridden where they differ (a PID namespace)
-    def record(self, probe: Probe, data, size: int) -> bytes | None:
-        """A ring buffer record, copied out; None drops it."""
-        return ct.string_at(data, size)
+    def record(self, probe: Probe, data: bytes, size: int) -> bytes | None:
+        """A ring buffer record, copied out (overridden to rewrite it); None drops it."""
+        return data
 
     def kernel_pid(self, pid: int) -> int | None:
         """The kernel's PID for one the user gave (None: not visible)."""
@@ -255,11 +276,10 @@ class KernelProbes(Source):
         if self.bpf is None:
             time.sleep(timeout_s)
             return []
-        # Records are submitted without a wakeup (the ring wakes this only
-        # when a quarter full): wait out the timeout, then take everything.
-        self.bpf.ring_buffer_poll(max(1, int(timeout_s * 1000)))
-        self.bpf.ring_buffer_consume()
-        self._decode_raw()
+        # Records are submitted without a wakeup (a ring wakes this only once
+        # it fills up): wait out the timeout, then take everything.
+        self._epoll.poll(timeout_s)
+        self._read_rings()
         now = time.monotonic()
         if now - self._last_tick >= 0.5:
             self._last_tick = now
@@ -309,8 +329,7 @@ class KernelProbes(Source):
         """Everything still buffered, after the last poll (on stop)."""
         if self.bpf is None:
             return []
-        self.bpf.ring_buffer_consume()
-        self._decode_raw()
+        self._read_rings()
         for p in self.probes:
             p.tick(self.bpf, self._out)  # e.g. rates over the last, partial window
         self.summed.read(self.bpf, self._out)
@@ -319,6 +338,10 @@ class KernelProbes(Source):
         return out
 
     def stop(self) -> None:
+        rings, self._rings = self._rings, []
+        for _, reader in rings:
+            reader.close()
+        self._epoll.close()
         if self.bpf is not None:
             bpf, self.bpf = self.bpf, None
             # Each detach waits for an RCU grace period (~70 ms here); done in
