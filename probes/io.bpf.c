@@ -65,6 +65,35 @@ static __always_inline u32 path_class(const char *p, u32 dir_cls)
     return CLS_DATA;
 }
 
+// The first CFG_IPC_LIFECYCLE_PER_S lifecycle calls on non-data fds of each
+// thread in each second go one by one (a pipe made at start-up keeps its
+// name on the timeline); the churn beyond (a DataLoader makes and closes a
+// socket and a /dev/shm fd per shared tensor) is summed.
+struct lifecycle_budget {
+    u64 window;   // start of the current second
+    u64 shipped;  // shipped one by one in it
+};
+BPF_TABLE("lru_hash", u32, struct lifecycle_budget, lifecycle_budgets, 16384);
+
+static __always_inline int lifecycle_one_by_one(u32 tid, u64 now)
+{
+    u64 limit = config(CFG_IPC_LIFECYCLE_PER_S);
+    if (!limit)
+        return 0;
+    struct lifecycle_budget zero = {now, 0};
+    struct lifecycle_budget *b = lifecycle_budgets.lookup_or_try_init(&tid, &zero);
+    if (!b)
+        return 1;
+    if (now - b->window >= 1000000000ULL) {
+        b->window = now;
+        b->shipped = 0;
+    }
+    if (b->shipped >= limit)
+        return 0;
+    b->shipped++;
+    return 1;
+}
+
 static __always_inline int is_lifecycle(u32 kind)
 {
     return kind == IO_OPENAT || kind == IO_OPENAT2 || kind == IO_CLOSE || kind == IO_DUP ||
@@ -160,7 +189,7 @@ static __always_inline int io_exit(u32 kind, s64 ret)
     // transfers shorter than the level's threshold.
     int sum = 0;
     if (cls == CLS_OTHER)
-        sum = !is_lifecycle(kind) || config(CFG_IPC_LIFECYCLE_SUMMED);
+        sum = !is_lifecycle(kind) || !lifecycle_one_by_one(tid, e.end);
     else if (cls == CLS_DATA && moves_bytes(kind))
         sum = e.end - e.start < config(CFG_FILE_SUMMED_NS);
     if (sum && sum_add(tgid, tid, kind, cls, moves_bytes(kind) && ret > 0 ? ret : 0,
@@ -253,6 +282,53 @@ IO_EXIT(dup2, IO_DUP)
 TRACEPOINT_PROBE(syscalls, sys_enter_dup3)
 { return io_enter(IO_DUP, args->oldfd, 0, -1, 0); }
 IO_EXIT(dup3, IO_DUP)
+
+// fds received over a unix socket (SCM_RIGHTS: how torch and multiprocessing
+// pass shared-memory fds between a DataLoader's workers and its main process)
+// are not data. Read from the caller's own msghdr, whose layout is user ABI.
+BPF_HASH(recvmsg_inflight, u32, u64, 16384);
+#define SOL_SOCKET_ 1
+#define SCM_RIGHTS_ 1
+#define MAX_PASSED_FDS 8
+
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    if (!is_tracked(id >> 32))
+        return 0;
+    u32 tid = (u32)id;
+    u64 msg = (u64)args->msg;
+    recvmsg_inflight.update(&tid, &msg);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id, tgid = id >> 32;
+    u64 *msgp = recvmsg_inflight.lookup(&tid);
+    if (!msgp)
+        return 0;
+    const char *msg = (const char *)*msgp;
+    recvmsg_inflight.delete(&tid);
+    if (args->ret < 0 || !msg)
+        return 0;
+    struct { u64 control; u64 controllen; } c = {};
+    bpf_probe_read_user(&c, sizeof(c), msg + 32);  // msg_control, msg_controllen (x86-64)
+    if (!c.control || c.controllen < 20)
+        return 0;
+    struct { u64 len; s32 level; s32 type; s32 fds[MAX_PASSED_FDS]; } h = {};
+    bpf_probe_read_user(&h, sizeof(h), (const void *)c.control);
+    if (h.level != SOL_SOCKET_ || h.type != SCM_RIGHTS_)
+        return 0;
+#pragma unroll
+    for (int i = 0; i < MAX_PASSED_FDS; i++) {
+        if (16 + 4 * (i + 1) > h.len)
+            break;
+        set_class(tgid, h.fds[i], CLS_OTHER);
+    }
+    return 0;
+}
 
 // fcntl(F_DUPFD / F_DUPFD_CLOEXEC) is how CPython's os.dup() duplicates.
 TRACEPOINT_PROBE(syscalls, sys_enter_fcntl)

@@ -30,21 +30,22 @@ _u64 = struct.Struct("<Q")
 _first = operator.itemgetter(0)
 
 # Config slots, as in tracked.h.
-CFG_ONEBY_OFFCPU_NS, CFG_FILE_SUMMED_NS, CFG_IPC_LIFECYCLE_SUMMED = 0, 1, 2
+CFG_ONEBY_OFFCPU_NS, CFG_FILE_SUMMED_NS, CFG_IPC_LIFECYCLE_PER_S = 0, 1, 2
 # Detail levels for the overhead budget, most detail first: (what is given up,
 # config). Raised and lowered at run time through the config map, no reload.
-# Always, at every level: data-file IO one by one (except short transfers
-# from level 2), IO on non-data fds summed per thread, off-CPU waits below
+# At every level: data-file IO one by one (but short transfers from level 2),
+# reads/writes/mmaps on non-data fds summed per thread, off-CPU waits below
 # --min-offcpu-us not counted.
 LEVELS = [
-    ("full detail: creating and closing pipes/sockets one by one, off-CPU waits >= 1 ms one by one",
-     {CFG_ONEBY_OFFCPU_NS: 1_000_000, CFG_FILE_SUMMED_NS: 0, CFG_IPC_LIFECYCLE_SUMMED: 0}),
-    ("pipe/socket creation and closing summed; off-CPU waits < 5 ms summed",
-     {CFG_ONEBY_OFFCPU_NS: 5_000_000, CFG_FILE_SUMMED_NS: 0, CFG_IPC_LIFECYCLE_SUMMED: 1}),
+    ("full detail: pipe/socket/shm fd creation and closing one by one up to 10/s per thread, "
+     "off-CPU waits >= 1 ms one by one",
+     {CFG_ONEBY_OFFCPU_NS: 1_000_000, CFG_FILE_SUMMED_NS: 0, CFG_IPC_LIFECYCLE_PER_S: 10}),
+    ("pipe/socket/shm fd creation and closing summed; off-CPU waits < 5 ms summed",
+     {CFG_ONEBY_OFFCPU_NS: 5_000_000, CFG_FILE_SUMMED_NS: 0, CFG_IPC_LIFECYCLE_PER_S: 0}),
     ("data-file reads/writes < 100 µs summed (no path; opens kept); off-CPU waits < 20 ms summed",
-     {CFG_ONEBY_OFFCPU_NS: 20_000_000, CFG_FILE_SUMMED_NS: 100_000, CFG_IPC_LIFECYCLE_SUMMED: 1}),
+     {CFG_ONEBY_OFFCPU_NS: 20_000_000, CFG_FILE_SUMMED_NS: 100_000, CFG_IPC_LIFECYCLE_PER_S: 0}),
     ("data-file reads/writes < 1 ms summed (no path; opens kept); off-CPU waits < 100 ms summed",
-     {CFG_ONEBY_OFFCPU_NS: 100_000_000, CFG_FILE_SUMMED_NS: 1_000_000, CFG_IPC_LIFECYCLE_SUMMED: 1}),
+     {CFG_ONEBY_OFFCPU_NS: 100_000_000, CFG_FILE_SUMMED_NS: 1_000_000, CFG_IPC_LIFECYCLE_PER_S: 0}),
 ]
 
 
@@ -151,6 +152,7 @@ class KernelProbes(Source):
         self._rings: list[tuple[Probe, RingReader]] = []
         self._epoll = select.epoll()
         self.level = 0
+        self._level_note: int | None = None
         self.summed: SummedReader | None = None
         for p in self.probes:
             p.tracked = self.tracked
@@ -280,6 +282,7 @@ class KernelProbes(Source):
         # it fills up): wait out the timeout, then take everything.
         self._epoll.poll(timeout_s)
         self._read_rings()
+        self._note_level()
         now = time.monotonic()
         if now - self._last_tick >= 0.5:
             self._last_tick = now
@@ -297,22 +300,26 @@ class KernelProbes(Source):
 
     def set_level(self, n: int) -> None:
         """Lower (n > 0) or restore (n = 0) event detail, live, without
-        reloading. Emits a notice event saying what the level gives up."""
+        reloading. Safe from any thread: the config map is written here, and
+        the poll thread emits the notice saying what the level gives up."""
         n = max(0, min(len(LEVELS) - 1, int(n)))
-        changed = n != self.level
+        if n != self.level:
+            self._level_note = n
         self.level = n
-        if self.bpf is None:
+        if self.bpf is not None:
+            table = self.bpf["gs_config"]
+            for slot, value in LEVELS[n][1].items():
+                table[ct.c_int(slot)] = ct.c_uint64(value)
+
+    def _note_level(self) -> None:
+        n, self._level_note = self._level_note, None
+        if n is None:
             return
-        what, cfg = LEVELS[n]
-        table = self.bpf["gs_config"]
-        for slot, value in cfg.items():
-            table[ct.c_int(slot)] = ct.c_uint64(value)
-        if self.summed is not None:
-            self.summed.read(self.bpf, self._out)  # sums so far, under the old level's name
-            self.summed.offcpu_oneby_ns = cfg[CFG_ONEBY_OFFCPU_NS]
-        if changed:
-            self._out.append(Instant("gpuscope", "detail level", 0, 0, time.monotonic_ns(),
-                                     {"source": self.name, "level": n, "of": len(LEVELS), "detail": what}))
+        self.summed.read(self.bpf, self._out)  # sums so far, named for the old level
+        self.summed.offcpu_oneby_ns = LEVELS[n][1][CFG_ONEBY_OFFCPU_NS]
+        self._out.append(Instant("gpuscope", "detail level", 0, 0, time.monotonic_ns(),
+                                 {"source": self.name, "level": n, "of": len(LEVELS),
+                                  "detail": LEVELS[n][0]}))
 
     def _collect_drops(self) -> None:
         counts = self.bpf["drops"]
@@ -330,6 +337,7 @@ class KernelProbes(Source):
         if self.bpf is None:
             return []
         self._read_rings()
+        self._note_level()
         for p in self.probes:
             p.tick(self.bpf, self._out)  # e.g. rates over the last, partial window
         self.summed.read(self.bpf, self._out)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
-from .events import Event, Span
+from .events import Event, Loss, Span
 
 # Classes, as in summed.h.
 CLS_DATA, CLS_OTHER, CLS_OFFCPU = 1, 2, 3
@@ -46,11 +46,13 @@ class SummedReader:
         self.since = time.monotonic_ns()
         self.totals: dict[str, int] = defaultdict(int)   # source -> events summed
         self.offcpu_oneby_ns = 0  # the threshold in force, for the slice's name
+        self.untranslated = 0     # summed events of processes whose PID could not be translated
 
     def read(self, bpf, out: list[Event]) -> None:
         gone = [getattr(k, "value", k) for k, _ in _batch(bpf["summed_gone"])]
         now = time.monotonic_ns()
         per: dict[tuple[int, int, int], dict[int, list[int]]] = {}
+        untranslated = self.untranslated
         final = []
         gone_set = set(gone)
         for k, v in _batch(bpf["summed"]):
@@ -69,12 +71,17 @@ class SummedReader:
         if gone:
             _delete(bpf["summed_gone"], [bpf["summed_gone"].Key(t) for t in gone])
         for (kpid, ktid, cls), kinds in per.items():
-            pid, tid = self.user_pid(kpid), self.user_pid(ktid)
-            if pid is None or tid is None:
+            pid = self.user_pid(kpid)
+            if pid is None:  # outside the user's PID namespace: counted, not shown
+                self.untranslated += sum(d[0] for d in kinds.values())
                 continue
+            tid = self.user_pid(ktid) or pid
             ev = self._slice(cls, pid, tid, kinds, now)
             if ev is not None:
                 out.append(ev)
+        if self.untranslated > untranslated:
+            out.append(Loss("summed", now, self.untranslated - untranslated,
+                            "process exited before its PID could be translated"))
         self.since = now
 
     def _slice(self, cls: int, pid: int, tid: int, kinds: dict[int, list[int]], now: int) -> Span | None:

@@ -20,11 +20,12 @@
 #define DROP_SLOTS 8
 
 // Detail settings written by user space (KernelProbes.set_level) and read by
-// the programs on every event, so detail changes without reloading. All zero
-// (the state between load and the first set_level) is the most detail.
+// the programs on every event, so detail changes without reloading (kernel.py
+// LEVELS). All zero is only the moment between load and the first set_level.
 #define CFG_ONEBY_OFFCPU_NS 0       // off-CPU waits at least this long go one by one; shorter are summed
 #define CFG_FILE_SUMMED_NS 1        // data-file reads/writes shorter than this are summed (0: none)
-#define CFG_IPC_LIFECYCLE_SUMMED 2  // 1: creations, closes, dups of non-data fds are summed too
+#define CFG_IPC_LIFECYCLE_PER_S 2   // creations, closes, dups of non-data fds shipped one by one per
+                                    // thread per second; the rest are summed
 #define CFG_SLOTS 8
 
 BPF_HASH(tracked, u32, u32, MAX_TRACKED);

@@ -72,6 +72,15 @@ def test_ipc_summed_exactly_data_reads_one_by_one_forks_inherit(target, tmp_path
     long = [s for s in tr.slices_on("Off-CPU") if tr.thread_of(s.track)[1] == did["napper_tid"]
             and s.name == "blocked"]
     assert nap.get("blocked", 0) + len(long) >= 200 and nap.get("blocked", 0) >= 100, (nap, len(long))
+    # An fd received over a unix socket is IPC; fd churn beyond 10/s per thread is summed.
+    passer = _summed(tr, "IPC (summed)", did["pid"], did["passer_tid"])
+    shipped = [s for s in io if tr.thread_of(s.track) == (did["pid"], did["passer_tid"])]
+    assert passer["pread64"] == 500, passer
+    assert not [s for s in shipped if s.name == "pread64"]
+    made = [s for s in shipped if s.name == "pipe2"]
+    closed = [s for s in shipped if s.name == "close"]
+    assert len(made) + passer.get("pipe2", 0) == 300 and len(closed) + passer.get("close", 0) >= 600
+    assert len(made) + len(closed) <= 60, (len(made), len(closed))  # 10/s, a few seconds at most
     summary = json.loads((tmp_path / "sum.summary.json").read_text())
     assert summary["aggregated"]["io"] >= 22_000
     assert summary["aggregated"]["sched"] >= nap["blocked"]

@@ -31,6 +31,29 @@ def piper(out):
         os.read(b.fileno(), 2)
 
 
+def passer(out):
+    """An fd received over a unix socket (SCM_RIGHTS, as DataLoaders pass
+    shared memory), read 500 times; then 300 pipes made and closed."""
+    out["tid"] = threading.get_native_id()
+    a, b = socket.socketpair(socket.AF_UNIX)
+    shm = os.memfd_create("shm")
+    os.write(shm, b"q" * 64)
+    socket.send_fds(a, [b"f"], [shm])
+    _, (got,), _, _ = socket.recv_fds(b, 1, 1)
+    for _ in range(500):
+        os.pread(got, 4, 0)
+    for _ in range(300):
+        r, w = os.pipe()
+        os.close(r)
+        os.close(w)
+
+
+passed = {}
+t = threading.Thread(target=passer, args=(passed,))
+t.start()
+t.join()
+done["passer_tid"] = passed["tid"]
+
 pipes = {}
 t = threading.Thread(target=piper, args=(pipes,))
 t.start()
