@@ -184,12 +184,15 @@ static __always_inline int io_exit(u32 kind, s64 ret)
         else if (kind == IO_CLOSE)
             set_class(tgid, e.fd, CLS_UNKNOWN);
     }
-    // One by one: data files, unknown fds. Summed: IO on other fds (their
-    // creation and closing too when the level says so), and data-file
+    // One by one: data files, unknown fds. Summed: short IO on other fds
+    // (their creation and closing beyond a per-thread budget), and data-file
     // transfers shorter than the level's threshold.
+    // A call on a non-data fd that waited long (a pipe read blocked on a
+    // DataLoader worker) is shipped like a long off-CPU wait.
     int sum = 0;
     if (cls == CLS_OTHER)
-        sum = !is_lifecycle(kind) || !lifecycle_one_by_one(tid, e.end);
+        sum = e.end - e.start < config(CFG_ONEBY_WAIT_NS) &&
+              (!is_lifecycle(kind) || !lifecycle_one_by_one(tid, e.end));
     else if (cls == CLS_DATA && moves_bytes(kind))
         sum = e.end - e.start < config(CFG_FILE_SUMMED_NS);
     if (sum && sum_add(tgid, tid, kind, cls, moves_bytes(kind) && ret > 0 ? ret : 0,

@@ -30,22 +30,23 @@ _u64 = struct.Struct("<Q")
 _first = operator.itemgetter(0)
 
 # Config slots, as in tracked.h.
-CFG_ONEBY_OFFCPU_NS, CFG_FILE_SUMMED_NS, CFG_IPC_LIFECYCLE_PER_S = 0, 1, 2
+CFG_ONEBY_WAIT_NS, CFG_FILE_SUMMED_NS, CFG_IPC_LIFECYCLE_PER_S = 0, 1, 2
 # Detail levels for the overhead budget, most detail first: (what is given up,
 # config). Raised and lowered at run time through the config map, no reload.
 # At every level: data-file IO one by one (but short transfers from level 2),
-# reads/writes/mmaps on non-data fds summed per thread, off-CPU waits below
+# unknown fds one by one, reads/writes/mmaps on non-data fds summed per thread
+# unless they waited past the wait threshold, off-CPU waits below
 # --min-offcpu-us not counted.
 LEVELS = [
-    ("full detail: pipe/socket/shm fd creation and closing one by one up to 10/s per thread, "
-     "off-CPU waits >= 1 ms one by one",
-     {CFG_ONEBY_OFFCPU_NS: 1_000_000, CFG_FILE_SUMMED_NS: 0, CFG_IPC_LIFECYCLE_PER_S: 10}),
-    ("pipe/socket/shm fd creation and closing summed; off-CPU waits < 5 ms summed",
-     {CFG_ONEBY_OFFCPU_NS: 5_000_000, CFG_FILE_SUMMED_NS: 0, CFG_IPC_LIFECYCLE_PER_S: 0}),
-    ("data-file reads/writes < 100 µs summed (no path; opens kept); off-CPU waits < 20 ms summed",
-     {CFG_ONEBY_OFFCPU_NS: 20_000_000, CFG_FILE_SUMMED_NS: 100_000, CFG_IPC_LIFECYCLE_PER_S: 0}),
-    ("data-file reads/writes < 1 ms summed (no path; opens kept); off-CPU waits < 100 ms summed",
-     {CFG_ONEBY_OFFCPU_NS: 100_000_000, CFG_FILE_SUMMED_NS: 1_000_000, CFG_IPC_LIFECYCLE_PER_S: 0}),
+    ("full detail: waits >= 1 ms (off-CPU, pipe/socket calls) one by one, shorter summed; "
+     "pipe/socket/shm fd creation and closing one by one up to 10/s per thread",
+     {CFG_ONEBY_WAIT_NS: 1_000_000, CFG_FILE_SUMMED_NS: 0, CFG_IPC_LIFECYCLE_PER_S: 10}),
+    ("pipe/socket/shm fd creation and closing summed; waits < 5 ms summed",
+     {CFG_ONEBY_WAIT_NS: 5_000_000, CFG_FILE_SUMMED_NS: 0, CFG_IPC_LIFECYCLE_PER_S: 0}),
+    ("data-file reads/writes < 100 µs summed (no path; opens kept); waits < 20 ms summed",
+     {CFG_ONEBY_WAIT_NS: 20_000_000, CFG_FILE_SUMMED_NS: 100_000, CFG_IPC_LIFECYCLE_PER_S: 0}),
+    ("data-file reads/writes < 1 ms summed (no path; opens kept); waits < 100 ms summed",
+     {CFG_ONEBY_WAIT_NS: 100_000_000, CFG_FILE_SUMMED_NS: 1_000_000, CFG_IPC_LIFECYCLE_PER_S: 0}),
 ]
 
 
@@ -150,7 +151,7 @@ class KernelProbes(Source):
         self._decode_errors = {p.name: 0 for p in self.probes}
         self._last_tick = 0.0
         self._rings: list[tuple[Probe, RingReader]] = []
-        self._epoll = select.epoll()
+        self._epoll: select.epoll | None = None
         self.level = 0
         self._level_note: int | None = None
         self.summed: SummedReader | None = None
@@ -183,10 +184,11 @@ class KernelProbes(Source):
             self.bpf = bcc.BPF(text=self.program_text(), cflags=self.cflags())
         except Exception as e:  # BCC raises bare Exception on compile/load errors
             raise SourceError(advice_for(e)) from e
+        self._epoll = select.epoll()
         self.set_level(self.level)
         kinds = {k: v for p in self.probes for k, v in p.summed_kinds.items()}
         self.summed = SummedReader(kinds, self.user_pid)
-        self.summed.offcpu_oneby_ns = LEVELS[self.level][1][CFG_ONEBY_OFFCPU_NS]
+        self.summed.oneby_wait_ns = LEVELS[self.level][1][CFG_ONEBY_WAIT_NS]
         pids = list(pids)
         for pid in pids:
             self.add_process(pid)
@@ -316,7 +318,7 @@ class KernelProbes(Source):
         if n is None:
             return
         self.summed.read(self.bpf, self._out)  # sums so far, named for the old level
-        self.summed.offcpu_oneby_ns = LEVELS[n][1][CFG_ONEBY_OFFCPU_NS]
+        self.summed.oneby_wait_ns = LEVELS[n][1][CFG_ONEBY_WAIT_NS]
         self._out.append(Instant("gpuscope", "detail level", 0, 0, time.monotonic_ns(),
                                  {"source": self.name, "level": n, "of": len(LEVELS),
                                   "detail": LEVELS[n][0]}))
@@ -349,7 +351,9 @@ class KernelProbes(Source):
         rings, self._rings = self._rings, []
         for _, reader in rings:
             reader.close()
-        self._epoll.close()
+        if self._epoll is not None:
+            self._epoll.close()
+            self._epoll = None
         if self.bpf is not None:
             bpf, self.bpf = self.bpf, None
             # Each detach waits for an RCU grace period (~70 ms here); done in

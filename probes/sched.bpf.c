@@ -2,7 +2,7 @@
 // a futex, a pipe) or preempted (runnable but not running), with the waker.
 // Filtered in the kernel: intervals of tracked threads shorter than
 // MIN_OFFCPU_NS are not counted at all; those shorter than the level's
-// one-by-one threshold (config CFG_ONEBY_OFFCPU_NS) are summed per thread
+// one-by-one threshold (config CFG_ONEBY_WAIT_NS) are summed per thread
 // (summed.h); only the longer ones reach user space one by one.
 #include "sched.h"
 
@@ -41,7 +41,7 @@ TRACEPOINT_PROBE(sched, sched_switch)
         if (d >= MIN_OFFCPU_NS) {
             e->end = now;
             u32 kind = (e->state == 0 || e->state == 0x100) ? SUM_PREEMPTED : SUM_BLOCKED;
-            if (d >= config(CFG_ONEBY_OFFCPU_NS) || sum_add(e->pid, e->tid, kind, CLS_OFFCPU, 0, d, 0) != 0) {
+            if (d >= config(CFG_ONEBY_WAIT_NS) || sum_add(e->pid, e->tid, kind, CLS_OFFCPU, 0, d, 0) != 0) {
                 u64 flags = ring_flags(DROP_SCHED, sizeof(*e), SCHED_RING_PAGES * 4096);
                 if (sched_events.ringbuf_output(e, sizeof(*e), flags) != 0)
                     count_drop(DROP_SCHED);

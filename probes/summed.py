@@ -45,7 +45,7 @@ class SummedReader:
         self.last: dict[tuple[int, int, int, int], tuple[int, int, int, int]] = {}
         self.since = time.monotonic_ns()
         self.totals: dict[str, int] = defaultdict(int)   # source -> events summed
-        self.offcpu_oneby_ns = 0  # the threshold in force, for the slice's name
+        self.oneby_wait_ns = 0  # the threshold in force, for the slice's name
         self.untranslated = 0     # summed events of processes whose PID could not be translated
 
     def read(self, bpf, out: list[Event]) -> None:
@@ -97,7 +97,7 @@ class SummedReader:
             pre, blk = kinds.get(SUM_PREEMPTED, [0] * 4), kinds.get(SUM_BLOCKED, [0] * 4)
             args.update(blocked_ms=round(blk[2] / 1e6, 3), preempted_ms=round(pre[2] / 1e6, 3),
                         preempted_ns=pre[2], blocked_ns=blk[2])
-            below = f" < {self.offcpu_oneby_ns / 1e6:g} ms" if self.offcpu_oneby_ns else ""
+            below = f" < {self.oneby_wait_ns / 1e6:g} ms" if self.oneby_wait_ns else ""
             name = f"off-CPU waits{below}: {calls}, {ns / 1e6:.1f} ms"
         else:
             args.update(bytes=nbytes, syscall_ms=round(ns / 1e6, 3), syscall_ns=ns, errors=errors)

@@ -22,7 +22,8 @@
 // Detail settings written by user space (KernelProbes.set_level) and read by
 // the programs on every event, so detail changes without reloading (kernel.py
 // LEVELS). All zero is only the moment between load and the first set_level.
-#define CFG_ONEBY_OFFCPU_NS 0       // off-CPU waits at least this long go one by one; shorter are summed
+#define CFG_ONEBY_WAIT_NS 0         // waits at least this long go one by one, shorter are summed: off-CPU
+                                    // intervals, and syscalls on non-data fds (a pipe read that blocks)
 #define CFG_FILE_SUMMED_NS 1        // data-file reads/writes shorter than this are summed (0: none)
 #define CFG_IPC_LIFECYCLE_PER_S 2   // creations, closes, dups of non-data fds shipped one by one per
                                     // thread per second; the rest are summed
