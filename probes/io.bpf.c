@@ -160,7 +160,9 @@ static __always_inline int io_exit(u32 kind, s64 ret)
     e.count = f->count;
     e.offset = f->offset;
     u32 cls = f->cls;
-    if (f->fdpair && ret == 0) {
+    // kind is a constant in each inlined copy: branches on it cost nothing
+    // (and keep each program, and its verification, small).
+    if ((kind == IO_PIPE2 || kind == IO_SOCKETPAIR) && f->fdpair && ret == 0) {
         int pair[2] = {-1, -1};
         bpf_probe_read_user(pair, sizeof(pair), f->fdpair);
         e.count = pair[0];
@@ -169,7 +171,8 @@ static __always_inline int io_exit(u32 kind, s64 ret)
         set_class(tgid, pair[1], CLS_OTHER);
     }
     u32 size = offsetof(struct io_event, path);
-    if (f->path) {
+    if ((kind == IO_OPENAT || kind == IO_OPENAT2 || kind == IO_STATX || kind == IO_NEWFSTATAT ||
+         kind == IO_MEMFD) && f->path) {
         bpf_probe_read_user_str(e.path, sizeof(e.path), f->path);
         size = sizeof(e);
         // fstat(fd) is newfstatat(fd, "", AT_EMPTY_PATH): the fd's class.
