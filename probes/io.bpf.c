@@ -41,14 +41,12 @@ static __always_inline u32 fd_class(u32 tgid, s32 fd)
     return v;
 }
 
+// CLS_UNKNOWN is stored too (not deleted): a closed fd of a forked child
+// must not fall back to what its parent has behind the same number.
 static __always_inline void set_class(u32 tgid, s64 fd, u32 cls)
 {
     struct fd_key k = {tgid, (s32)fd};
-    if (fd < 0)
-        return;
-    if (cls == CLS_UNKNOWN)
-        fd_classes.delete(&k);
-    else
+    if (fd >= 0)
         fd_classes.update(&k, &cls);
 }
 
@@ -176,7 +174,8 @@ static __always_inline int io_exit(u32 kind, s64 ret)
         bpf_probe_read_user_str(e.path, sizeof(e.path), f->path);
         size = sizeof(e);
         // fstat(fd) is newfstatat(fd, "", AT_EMPTY_PATH): the fd's class.
-        if (e.path[0] || (kind != IO_STATX && kind != IO_NEWFSTATAT))
+        // A memfd's name is not a path: it stays not data.
+        if (kind != IO_MEMFD && (e.path[0] || (kind != IO_STATX && kind != IO_NEWFSTATAT)))
             cls = path_class(e.path, f->fd == -100 ? CLS_DATA : cls);
     }
     io_inflight.delete(&tid);
