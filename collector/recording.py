@@ -27,6 +27,7 @@ class Capture:
     duration_s: float
     events: dict[str, int] = field(default_factory=dict)
     lost: dict[str, int] = field(default_factory=dict)
+    aggregated: dict[str, int] = field(default_factory=dict)   # summed in the kernel
     processes: list[int] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
@@ -90,7 +91,8 @@ class Recording:
         cap = Capture(trace=self.output,
                       summary_path=os.path.splitext(self.output)[0] + ".summary.json",
                       reason=reason, duration_s=duration_s, events=dict(stats.events),
-                      lost=lost, processes=sorted(processes),
+                      lost=lost, aggregated=dict(stats.aggregated),
+                      processes=sorted(processes),
                       notices=list(notices) + self.notices)
         cap.summary = write_summary(cap, pid=self.pid, command=self.command,
                                     writer=self.writer, attach_s=attach_s,

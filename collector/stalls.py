@@ -95,6 +95,8 @@ class StallAnalysis:
                 f[2] += s.end - s.start
         elif s.cat == "sched" and s.name == "preempted":
             self.runq_ns[s.pid] += s.end - s.start
+        elif s.cat == "sched.summed":  # short waits, summed in the kernel
+            self.runq_ns[s.pid] += s.args.get("preempted_ns", 0)
         elif s.cat in ("cuda", "nccl"):
             kind = ("comm" if s.cat == "nccl" else "sync" if s.name in _SYNC_FNS
                     else "h2d" if s.args.get("kind") == "HtoD" or "HtoD" in s.name else "")

@@ -29,6 +29,8 @@ def write_summary(cap, *, pid: int, command: list[str], writer, attach_s: float,
         "events": cap.events,
         "events_written": counts,
         "lost": cap.lost,
+        # Events counted in the kernel rather than shipped one by one, per source.
+        "aggregated": cap.aggregated,
         "notices": cap.notices,
     }
     # The stall analysis: verdict, steps, stall_frames, main_wait_frames, top_files.

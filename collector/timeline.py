@@ -13,14 +13,16 @@ from gpuscope.probes.events import (
     StackSample,
     ThreadName,
 )
+from gpuscope.probes.summed import IO_SUMMED, IPC, OFFCPU_SUMMED, TITLES
 
 from .perfetto import TraceWriter
 from .pystacks import PythonTracks
 
 # Order of per-thread child tracks in the UI.
-CATEGORY_RANK = {"python": 1, "pysamples": 2, "cuda": 3, "nccl": 4, "io": 5, "sched": 6}
+CATEGORY_RANK = {"python": 1, "pysamples": 2, "cuda": 3, "nccl": 4, "io": 5, "sched": 6,
+                 IPC: 7, IO_SUMMED: 8, OFFCPU_SUMMED: 9}
 CATEGORY_TITLE = {"python": "Python", "pysamples": "Python samples", "cuda": "CUDA",
-                  "nccl": "NCCL", "io": "IO", "sched": "Off-CPU", "verdict": "Verdict"}
+                  "nccl": "NCCL", "io": "IO", "sched": "Off-CPU", "verdict": "Verdict", **TITLES}
 
 
 class Timeline:

@@ -51,6 +51,14 @@ struct io_inflight {
     const int *fdpair;   // pipe2/socketpair: where the kernel writes the two fds
     s32 fd;
     u32 kind;
+    u32 cls;             // class of fd at entry (summed.h CLS_*)
+};
+
+// fd -> class (summed.h CLS_*) of each tracked process's open fds: set where
+// fds are made, copied by dup, deleted at close, seeded from /proc by io.py.
+struct fd_key {
+    u32 tgid;
+    s32 fd;
 };
 
 #endif

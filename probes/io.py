@@ -1,16 +1,23 @@
 """IO syscall probe: what the target tree reads, writes, opens and maps,
 with paths, bytes and latency. Keeps each process's fd -> path table from
 openat's own results (seeded from /proc), because the kernel structs that
-hold it cannot be read safely here."""
+hold it cannot be read safely here.
+
+IO on fds that are not data files (pipes, sockets, /dev, ...) is summed in
+the kernel (summed.py), which keeps its own fd -> class map (io.bpf.c);
+this seeds that map from /proc for processes it did not see create them."""
 
 from __future__ import annotations
 
+import ctypes as ct
 import errno
 import os
 
 from . import procfs
 from .events import IO, Event, Span
-from .kernel import Probe, tracepoint_exists
+from .kernel import BPF_NOEXIST, Probe, bcc_module, tracepoint_exists
+from .ringbuf import event_class, struct_of
+from .summed import CLS_DATA, CLS_OTHER
 
 # Kind numbers from io.h -> syscall names.
 IO_KINDS = {1: "openat", 2: "read", 3: "pread64", 4: "readv", 5: "preadv", 6: "write",
@@ -24,6 +31,16 @@ _NEW_FDS = {17: ("pipe:", "pipe"), 18: ("socket:", "socket"), 19: ("socket:", "s
             20: ("anon_inode:", "eventfd"), 21: ("/memfd:", "memfd")}
 _BYTES_KINDS = {2, 3, 4, 5, 6, 7, 8, 15}  # ret is a byte count
 AT_FDCWD = -100
+_NOT_DATA = ("/dev/", "/proc/", "/sys/", "/memfd:")
+
+
+def fd_class(link: str) -> int:
+    """The kernel's class (summed.h) for what /proc/PID/fd/N links to: the
+    same rule io.bpf.c applies to paths, plus what only /proc shows
+    (pipe:[..], socket:[..], anon_inode:..)."""
+    if link.startswith("/") and not link.startswith(_NOT_DATA) and link not in ("/dev", "/proc", "/sys"):
+        return CLS_DATA
+    return CLS_OTHER
 
 
 class IoProbe(Probe):
@@ -31,20 +48,30 @@ class IoProbe(Probe):
     bpf_file = "io.bpf.c"
     ring = "io_events"
     drop_slot = 0  # DROP_IO
+    summed_kinds = IO_KINDS
+    raw_bytes = True
 
     def __init__(self):
-        self.table = None
+        self.head = None  # struct io_event up to its path, which only some records carry
         self.fds: dict[int, dict[int, str]] = {}
 
     def cflags(self) -> list[str]:
         return ["-DHAVE_OPENAT2"] if tracepoint_exists("syscalls", "sys_enter_openat2") else []
 
     def attach(self, bpf) -> None:
-        self.table = bpf[self.ring]
+        self.head = struct_of(event_class(bpf[self.ring]), upto="path")
 
     def initial_events(self, pids: list[int], out: list[Event]) -> None:
         for pid in pids:
             self._table(pid)
+
+    def seed(self, bpf, kid: int, pid: int) -> None:
+        # Only where the kernel has no class yet: it may already have seen
+        # a newer fd behind the same number than the /proc read shows.
+        table, update = bpf["fd_classes"], bcc_module().libbcc.lib.bpf_update_elem
+        for fd, link in procfs.fd_table(pid).items():
+            key, val = table.Key(kid, fd), ct.c_uint32(fd_class(link))
+            update(table.map_fd, ct.byref(key), ct.byref(val), BPF_NOEXIST)
 
     # -- fd table ----------------------------------------------------------
     def _table(self, pid: int) -> dict[int, str]:
@@ -82,18 +109,17 @@ class IoProbe(Probe):
         return os.path.normpath(os.path.join(base, path)) if base else path
 
     # -- decode ------------------------------------------------------------
-    def decode(self, raw, size: int, out: list[Event]) -> None:
-        e = self.table.event(raw)
-        kind, pid, ret, fd = e.kind, e.pid, e.ret, e.fd
+    def decode(self, raw: bytes, size: int, out: list[Event]) -> None:
+        start, end, pid, tid, kind, fd, ret, count, offset = self.head.unpack_from(raw)
         args: dict = {}
         if kind in _NEW_FDS:
-            fds = [e.count, e.offset] if kind in (17, 19) else [ret]
+            fds = [count, offset] if kind in (17, 19) else [ret]
             if ret >= 0:
                 self._created(pid, kind, [int(x) for x in fds])
                 args["fds" if len(fds) == 2 else "fd"] = (
                     f"{int(fds[0])},{int(fds[1])}" if len(fds) == 2 else ret)
         elif kind in _PATH_KINDS:
-            path = self._resolve(pid, fd, bytes(e.path).split(b"\0", 1)[0].decode("utf-8", "replace"))
+            path = self._resolve(pid, fd, raw[self.head.size:].split(b"\0", 1)[0].decode("utf-8", "replace"))
             args["path"] = path
             if kind in _OPENS and ret >= 0:
                 self._table(pid)[ret] = path
@@ -110,11 +136,11 @@ class IoProbe(Probe):
         if kind in _BYTES_KINDS:
             if ret >= 0:
                 args["bytes"] = ret
-            args["requested"] = e.count
+            args["requested"] = count
         elif kind == 10:  # mmap
-            args["length"] = e.count
-        if e.offset >= 0 and kind in (3, 5, 7, 10, 15):
-            args["offset"] = e.offset
+            args["length"] = count
+        if offset >= 0 and kind in (3, 5, 7, 10, 15):
+            args["offset"] = offset
         if ret < 0:
             args["error"] = errno.errorcode.get(-ret, str(-ret))
-        out.append(Span(IO, IO_KINDS.get(kind, f"io{kind}"), pid, e.tid, e.start, e.end, args))
+        out.append(Span(IO, IO_KINDS.get(kind, f"io{kind}"), pid, tid, start, end, args))

@@ -10,16 +10,44 @@ from __future__ import annotations
 
 import ctypes as ct
 import errno
+import operator
 import os
+import select
+import struct
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .events import Event, Loss
+from .events import Event, Instant, Loss
+from .ringbuf import RingReader, event_class, struct_of
 from .source import Source, SourceError, SourceStats
+from .summed import SummedReader
 
 HERE = Path(__file__).resolve().parent
+BPF_NOEXIST = 1
+_u64 = struct.Struct("<Q")
+_first = operator.itemgetter(0)
+
+# Config slots, as in tracked.h.
+CFG_ONEBY_WAIT_NS, CFG_FILE_SUMMED_NS, CFG_IPC_LIFECYCLE_PER_S = 0, 1, 2
+# Detail levels for the overhead budget, most detail first: (what is given up,
+# config). Raised and lowered at run time through the config map, no reload.
+# At every level: data-file IO one by one (but short transfers from level 2),
+# unknown fds one by one, reads/writes/mmaps on non-data fds summed per thread
+# unless they waited past the wait threshold, off-CPU waits below
+# --min-offcpu-us not counted.
+LEVELS = [
+    ("full detail: waits >= 1 ms (off-CPU, pipe/socket calls) one by one, shorter summed; "
+     "pipe/socket/shm fd creation and closing one by one up to 10/s per thread",
+     {CFG_ONEBY_WAIT_NS: 1_000_000, CFG_FILE_SUMMED_NS: 0, CFG_IPC_LIFECYCLE_PER_S: 10}),
+    ("pipe/socket/shm fd creation and closing summed; waits < 5 ms summed",
+     {CFG_ONEBY_WAIT_NS: 5_000_000, CFG_FILE_SUMMED_NS: 0, CFG_IPC_LIFECYCLE_PER_S: 0}),
+    ("data-file reads/writes < 100 µs summed (no path; opens kept); waits < 20 ms summed",
+     {CFG_ONEBY_WAIT_NS: 20_000_000, CFG_FILE_SUMMED_NS: 100_000, CFG_IPC_LIFECYCLE_PER_S: 0}),
+    ("data-file reads/writes < 1 ms summed (no path; opens kept); waits < 100 ms summed",
+     {CFG_ONEBY_WAIT_NS: 100_000_000, CFG_FILE_SUMMED_NS: 1_000_000, CFG_IPC_LIFECYCLE_PER_S: 0}),
+]
 
 
 def _quiet(job) -> None:
@@ -40,6 +68,10 @@ class Probe:
     # Byte offset of the u64 time at which a record was submitted (a span's
     # end, an instant's time): records of all rings are decoded in this order.
     order_offset = 8
+    # decode() takes the record as bytes (else a ctypes char pointer, for
+    # BCC's table.event()); layout is the record's struct.Struct, from BCC.
+    raw_bytes = False
+    layout: struct.Struct | None = None
 
     def cflags(self) -> list[str]:
         return []
@@ -65,6 +97,12 @@ class Probe:
     def tracked(self) -> list[int]:
         """PIDs being watched (set by KernelProbes when the probe is loaded)."""
         return []
+
+    def seed(self, bpf, kid: int, pid: int) -> None:
+        """A process joined (kernel PID kid, user PID pid): fill kernel maps from /proc."""
+
+    # Kinds this probe's events are summed under in the kernel (summed.h), by name.
+    summed_kinds: dict[int, str] = {}
 
     def notices(self) -> list[str]:
         return []
@@ -112,7 +150,11 @@ class KernelProbes(Source):
         self._kdrops = {p.name: 0 for p in self.probes}    # counted by the kernel
         self._decode_errors = {p.name: 0 for p in self.probes}
         self._last_tick = 0.0
-        self._raw: list = []  # (order time, probe, record) copied during a poll
+        self._rings: list[tuple[Probe, RingReader]] = []
+        self._epoll: select.epoll | None = None
+        self.level = 0
+        self._level_note: int | None = None
+        self.summed: SummedReader | None = None
         for p in self.probes:
             p.tracked = self.tracked
 
@@ -121,11 +163,12 @@ class KernelProbes(Source):
         """The probes' files joined in one unit. Joined, not #included: BCC
         generates tracepoint argument structs only for the main file."""
         parts = [f'// ---- {name} ----\n#line 1 "{name}"\n' + (HERE / name).read_text()
-                 for name in ["tracked.h"] + [p.bpf_file for p in self.probes]]
+                 for name in ["tracked.h", "summed.h"] + [p.bpf_file for p in self.probes]]
         return "\n".join(parts)
 
     def cflags(self) -> list[str]:
-        flags = [f"-I{HERE}", "-Wno-macro-redefined", "-Wno-unused-function"]
+        flags = [f"-I{HERE}", "-Wno-macro-redefined", "-Wno-unused-function",
+                 f"-DGS_NCPUS={os.cpu_count() or 1}"]
         for p in self.probes:
             flags += p.cflags()
         return flags + self.extra_cflags
@@ -141,6 +184,11 @@ class KernelProbes(Source):
             self.bpf = bcc.BPF(text=self.program_text(), cflags=self.cflags())
         except Exception as e:  # BCC raises bare Exception on compile/load errors
             raise SourceError(advice_for(e)) from e
+        self._epoll = select.epoll()
+        self.set_level(self.level)
+        kinds = {k: v for p in self.probes for k, v in p.summed_kinds.items()}
+        self.summed = SummedReader(kinds, self.user_pid)
+        self.summed.oneby_wait_ns = LEVELS[self.level][1][CFG_ONEBY_WAIT_NS]
         pids = list(pids)
         for pid in pids:
             self.add_process(pid)
@@ -156,34 +204,44 @@ class KernelProbes(Source):
             p.initial_events(pids, self._out)
 
     def _open_ring(self, probe: Probe) -> None:
-        # Records are copied out and decoded after the poll, in time order
-        # across all rings: a child's first IO must not be decoded before the
-        # fork that gave it its fds, nor a pipe() after that fork.
-        off = probe.order_offset
+        reader = RingReader(self.bpf[probe.ring])
+        if probe.raw_bytes:
+            probe.layout = struct_of(event_class(self.bpf[probe.ring]))
+        self._rings.append((probe, reader))
+        self._epoll.register(reader.fd, select.EPOLLIN)
 
-        def cb(_ctx, data, size, probe=probe):
-            self._events[probe.name] += 1
-            raw = self.record(probe, data, size)
-            if raw is not None:
-                self._raw.append((int.from_bytes(raw[off:off + 8], "little"), probe, raw))
-            return 0
-
-        self.bpf[probe.ring].open_ring_buffer(cb)
-
-    def _decode_raw(self) -> None:
-        raw, self._raw = self._raw, []
-        raw.sort(key=lambda r: r[0])
-        for _, probe, rec in raw:
+    def _read_rings(self) -> None:
+        """Copies every ring's records out, then decodes them in time order
+        across rings: a child's first IO must not be decoded before the fork
+        that gave it its fds, nor a pipe() after that fork."""
+        batch: list = []
+        hooked = type(self).record is not KernelProbes.record
+        for probe, reader in self._rings:
+            recs: list[bytes] = []
+            n = reader.read(recs)
+            if not n:
+                continue
+            self._events[probe.name] += n
+            if hooked:
+                recs = [r for r in (self.record(probe, r, len(r)) for r in recs) if r is not None]
+            at = _u64.unpack_from
+            off = probe.order_offset
+            batch += [(at(r, off)[0], probe, r) for r in recs]
+        if not batch:
+            return
+        batch.sort(key=_first)  # stable; each ring is nearly in order already
+        out = self._out
+        for _, probe, rec in batch:
             try:
-                probe.decode(ct.c_char_p(rec), len(rec), self._out)
+                probe.decode(rec if probe.raw_bytes else ct.c_char_p(rec), len(rec), out)
             except Exception as e:  # a bad record must not end the capture
                 self._decode_errors[probe.name] += 1
-                self._out.append(Loss(probe.name, time.monotonic_ns(), 1, f"decode: {e}"))
+                out.append(Loss(probe.name, time.monotonic_ns(), 1, f"decode: {e}"))
 
     # -- PIDs across the BPF boundary: overridden where they differ (a PID namespace)
-    def record(self, probe: Probe, data, size: int) -> bytes | None:
-        """A ring buffer record, copied out; None drops it."""
-        return ct.string_at(data, size)
+    def record(self, probe: Probe, data: bytes, size: int) -> bytes | None:
+        """A ring buffer record, copied out (overridden to rewrite it); None drops it."""
+        return data
 
     def kernel_pid(self, pid: int) -> int | None:
         """The kernel's PID for one the user gave (None: not visible)."""
@@ -196,7 +254,12 @@ class KernelProbes(Source):
     def add_process(self, pid: int) -> None:
         kid = self.kernel_pid(pid)
         if self.bpf is not None and kid is not None:
-            self.bpf["tracked"][ct.c_uint32(kid)] = ct.c_uint32(1)
+            # No overwrite: a child the kernel added at fork keeps its parent.
+            t = self.bpf["tracked"]
+            bcc_module().libbcc.lib.bpf_update_elem(
+                t.map_fd, ct.byref(ct.c_uint32(kid)), ct.byref(ct.c_uint32(0)), BPF_NOEXIST)
+            for p in self.probes:
+                p.seed(self.bpf, kid, pid)
 
     def remove_process(self, pid: int) -> None:
         kid = self.kernel_pid(pid)
@@ -217,16 +280,48 @@ class KernelProbes(Source):
         if self.bpf is None:
             time.sleep(timeout_s)
             return []
-        self.bpf.ring_buffer_poll(max(1, int(timeout_s * 1000)))
-        self._decode_raw()
+        # Records are submitted without a wakeup (a ring wakes this only once
+        # it fills up): wait out the timeout, then take everything.
+        self._epoll.poll(timeout_s)
+        self._read_rings()
+        self._note_level()
         now = time.monotonic()
         if now - self._last_tick >= 0.5:
             self._last_tick = now
             for p in self.probes:
                 p.tick(self.bpf, self._out)
+            self.summed.read(self.bpf, self._out)
             self._collect_drops()
         out, self._out = self._out, []
         return out
+
+    # -- detail levels (the overhead budget's knob) -----------------------
+    def levels(self) -> int:
+        """How many detail levels there are (0 = full detail)."""
+        return len(LEVELS)
+
+    def set_level(self, n: int) -> None:
+        """Lower (n > 0) or restore (n = 0) event detail, live, without
+        reloading. Safe from any thread: the config map is written here, and
+        the poll thread emits the notice saying what the level gives up."""
+        n = max(0, min(len(LEVELS) - 1, int(n)))
+        if n != self.level:
+            self._level_note = n
+        self.level = n
+        if self.bpf is not None:
+            table = self.bpf["gs_config"]
+            for slot, value in LEVELS[n][1].items():
+                table[ct.c_int(slot)] = ct.c_uint64(value)
+
+    def _note_level(self) -> None:
+        n, self._level_note = self._level_note, None
+        if n is None:
+            return
+        self.summed.read(self.bpf, self._out)  # sums so far, named for the old level
+        self.summed.oneby_wait_ns = LEVELS[n][1][CFG_ONEBY_WAIT_NS]
+        self._out.append(Instant("gpuscope", "detail level", 0, 0, time.monotonic_ns(),
+                                 {"source": self.name, "level": n, "of": len(LEVELS),
+                                  "detail": LEVELS[n][0]}))
 
     def _collect_drops(self) -> None:
         counts = self.bpf["drops"]
@@ -243,15 +338,22 @@ class KernelProbes(Source):
         """Everything still buffered, after the last poll (on stop)."""
         if self.bpf is None:
             return []
-        self.bpf.ring_buffer_consume()
-        self._decode_raw()
+        self._read_rings()
+        self._note_level()
         for p in self.probes:
             p.tick(self.bpf, self._out)  # e.g. rates over the last, partial window
+        self.summed.read(self.bpf, self._out)
         self._collect_drops()
         out, self._out = self._out, []
         return out
 
     def stop(self) -> None:
+        rings, self._rings = self._rings, []
+        for _, reader in rings:
+            reader.close()
+        if self._epoll is not None:
+            self._epoll.close()
+            self._epoll = None
         if self.bpf is not None:
             bpf, self.bpf = self.bpf, None
             # Each detach waits for an RCU grace period (~70 ms here); done in
@@ -265,7 +367,8 @@ class KernelProbes(Source):
 
     def stats(self) -> SourceStats:
         lost = {k: self._kdrops[k] + self._decode_errors[k] for k in self._events}
-        return SourceStats(events=dict(self._events), lost=lost)
+        summed = dict(self.summed.totals) if self.summed is not None else {}
+        return SourceStats(events=dict(self._events), lost=lost, aggregated=summed)
 
     def notices(self) -> list[str]:
         return [n for p in self.probes for n in p.notices()]

@@ -12,6 +12,7 @@ BPF_RINGBUF_OUTPUT(proc_events, PROC_RING_PAGES);
 
 static __always_inline void proc_submit(struct proc_event *e, u32 size)
 {
+    // Lifecycle events are rare and order the others: woken for each.
     if (proc_events.ringbuf_output(e, size, 0) != 0)
         count_drop(DROP_PROC);
 }
@@ -32,8 +33,8 @@ TRACEPOINT_PROBE(task, task_newtask)
         e.kind = PROC_THREAD;
         e.pid = tgid;
     } else {
-        u32 child = args->pid, one = 1;
-        tracked.update(&child, &one);
+        u32 child = args->pid;
+        tracked.update(&child, &tgid);  // the parent, for its fd classes
         e.kind = PROC_FORK;
         e.pid = child;
         e.ppid = tgid;
@@ -73,6 +74,8 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     bpf_get_current_comm(e.comm, sizeof(e.comm));
     if (tid == tgid)
         tracked.delete(&tgid);
+    u32 one = 1;
+    summed_gone.update(&tid, &one);  // its sums are final: summed.py reads then deletes them
     proc_submit(&e, offsetof(struct proc_event, filename));
     return 0;
 }

@@ -8,6 +8,7 @@ import os
 from . import procfs
 from .events import PROC, Event, Instant, ThreadName
 from .kernel import Probe, tracepoint_exists
+from .ringbuf import event_class, struct_of
 
 # Kinds, as defined in proc.h.
 FORK, THREAD, EXEC, EXIT, RENAME = 1, 2, 3, 4, 5
@@ -23,16 +24,17 @@ class ProcProbe(Probe):
     ring = "proc_events"
     drop_slot = 2  # DROP_PROC
     order_offset = 0  # struct proc_event starts with its ts
+    raw_bytes = True
 
     def __init__(self):
-        self.table = None
+        self.head = None  # struct proc_event up to its filename, which only exec carries
         self.listeners: list[Probe] = []  # told of forks and exits before their events
 
     def cflags(self) -> list[str]:
         return ["-DHAVE_TASK_RENAME"] if tracepoint_exists("task", "task_rename") else []
 
     def attach(self, bpf) -> None:
-        self.table = bpf[self.ring]
+        self.head = struct_of(event_class(bpf[self.ring]), upto="filename")
 
     def initial_events(self, pids: list[int], out: list[Event]) -> None:
         import time
@@ -43,19 +45,18 @@ class ProcProbe(Probe):
             for tid in procfs.threads(pid):
                 out.append(ThreadName(pid, tid, now, procfs.comm(pid, tid)))
 
-    def decode(self, raw, size: int, out: list[Event]) -> None:
-        e = self.table.event(raw)
-        kind, pid, tid, ts = e.kind, e.pid, e.tid, e.ts
-        comm = _s(bytes(e.comm))
+    def decode(self, raw: bytes, size: int, out: list[Event]) -> None:
+        ts, kind, pid, tid, ppid, comm = self.head.unpack_from(raw)
+        comm = _s(comm)
         if kind == FORK:
             for p in self.listeners:
-                p.on_fork(pid, e.ppid)
-            out.append(Instant(PROC, "fork", e.ppid, 0, ts, {"child": pid, "comm": comm}))
+                p.on_fork(pid, ppid)
+            out.append(Instant(PROC, "fork", ppid, 0, ts, {"child": pid, "comm": comm}))
             out.append(ThreadName(pid, pid, ts, comm, is_process=True))
         elif kind == THREAD:
             out.append(ThreadName(pid, tid, ts, comm))
         elif kind == EXEC:
-            filename = _s(bytes(e.filename))
+            filename = _s(raw[self.head.size:])
             out.append(Instant(PROC, "exec", pid, tid, ts, {"filename": filename}))
             out.append(ThreadName(pid, pid, ts, comm or os.path.basename(filename), is_process=True))
         elif kind == EXIT:

@@ -1,7 +1,9 @@
 // Off-CPU intervals of tracked threads: blocked (sleeping, waiting on IO,
 // a futex, a pipe) or preempted (runnable but not running), with the waker.
-// Filtered in the kernel: only intervals of tracked threads at least
-// MIN_OFFCPU_NS long reach user space.
+// Filtered in the kernel: intervals of tracked threads shorter than
+// MIN_OFFCPU_NS are not counted at all; those shorter than the level's
+// one-by-one threshold (config CFG_ONEBY_WAIT_NS) are summed per thread
+// (summed.h); only the longer ones reach user space one by one.
 #include "sched.h"
 
 #ifndef SCHED_RING_PAGES
@@ -35,10 +37,15 @@ TRACEPOINT_PROBE(sched, sched_switch)
     u32 next = args->next_pid;
     struct offcpu_event *e = offcpu.lookup(&next);
     if (e) {
-        if (now - e->start >= MIN_OFFCPU_NS) {
+        u64 d = now - e->start;
+        if (d >= MIN_OFFCPU_NS) {
             e->end = now;
-            if (sched_events.ringbuf_output(e, sizeof(*e), 0) != 0)
-                count_drop(DROP_SCHED);
+            u32 kind = (e->state == 0 || e->state == 0x100) ? SUM_PREEMPTED : SUM_BLOCKED;
+            if (d >= config(CFG_ONEBY_WAIT_NS) || sum_add(e->pid, e->tid, kind, CLS_OFFCPU, 0, d, 0) != 0) {
+                u64 flags = ring_flags(DROP_SCHED, sizeof(*e), SCHED_RING_PAGES * 4096);
+                if (sched_events.ringbuf_output(e, sizeof(*e), flags) != 0)
+                    count_drop(DROP_SCHED);
+            }
         }
         offcpu.delete(&next);
     }

@@ -24,23 +24,21 @@ class SchedProbe(Probe):
     ring = "sched_events"
     drop_slot = 1  # DROP_SCHED
 
+    raw_bytes = True
+
     def __init__(self, min_offcpu_us: int = 50):
         self.min_offcpu_us = min_offcpu_us
-        self.table = None
 
     def cflags(self) -> list[str]:
         return [f"-DMIN_OFFCPU_NS={int(self.min_offcpu_us * 1000)}"]
 
-    def attach(self, bpf) -> None:
-        self.table = bpf[self.ring]
-
-    def decode(self, raw, size: int, out: list[Event]) -> None:
-        e = self.table.event(raw)
-        name, state = classify(e.state)
+    def decode(self, raw: bytes, size: int, out: list[Event]) -> None:
+        start, end, wakeup, pid, tid, waker_pid, waker_tid, st, comm = self.layout.unpack_from(raw)
+        name, state = classify(st)
         args = {"state": state}
-        if e.wakeup:
-            args["waker_pid"] = e.waker_pid
-            args["waker_tid"] = e.waker_tid
-            args["waker"] = bytes(e.waker_comm).split(b"\0", 1)[0].decode("utf-8", "replace")
-            args["runq_delay_us"] = round((e.end - e.wakeup) / 1000, 1)
-        out.append(Span(SCHED, name, e.pid, e.tid, e.start, e.end, args))
+        if wakeup:
+            args["waker_pid"] = waker_pid
+            args["waker_tid"] = waker_tid
+            args["waker"] = comm.split(b"\0", 1)[0].decode("utf-8", "replace")
+            args["runq_delay_us"] = round((end - wakeup) / 1000, 1)
+        out.append(Span(SCHED, name, pid, tid, start, end, args))

@@ -25,6 +25,9 @@ class SourceStats(Mapping):
     events: dict[str, int] = field(default_factory=dict)
     lost: dict[str, int] = field(default_factory=dict)
     counters: dict[str, float] = field(default_factory=dict)
+    # Per stream: events counted in the kernel's per-thread sums instead of
+    # shipped one by one (they reach the trace as summary slices).
+    aggregated: dict[str, int] = field(default_factory=dict)
 
     @property
     def total_events(self) -> int:
@@ -36,13 +39,15 @@ class SourceStats(Mapping):
 
     def __add__(self, other: SourceStats) -> SourceStats:
         return SourceStats(_merge(self.events, other.events, 1), _merge(self.lost, other.lost, 1),
-                           _merge(self.counters, other.counters, 1))
+                           _merge(self.counters, other.counters, 1),
+                           _merge(self.aggregated, other.aggregated, 1))
 
     def __sub__(self, other: SourceStats) -> SourceStats:
         """What was counted since `other` was taken (of the same, growing, stats)."""
         return SourceStats(_merge(self.events, other.events, -1),
                            _merge(self.lost, other.lost, -1),
-                           _merge(self.counters, other.counters, -1))
+                           _merge(self.counters, other.counters, -1),
+                           _merge(self.aggregated, other.aggregated, -1))
 
     # -- the flat view -------------------------------------------------------
     def __getitem__(self, key: str):

@@ -15,8 +15,10 @@ from gpuscope.probes.proc import ProcProbe
 import tracecheck
 from conftest import GPUSCOPE
 
-FLOOD = ("import os, sys\nfd = os.open('/dev/zero', os.O_RDONLY)\nsys.stdin.readline()\n"
-         "for _ in range(300000): os.read(fd, 1)\n")
+# Reads of a data file: they are shipped one by one (reads of /dev/zero or a
+# pipe would be summed in the kernel and never reach the ring buffer).
+FLOOD = ("import os, sys\nfd = os.open(sys.executable, os.O_RDONLY)\nsys.stdin.readline()\n"
+         "for _ in range(300000): os.pread(fd, 1, 0)\n")
 
 
 def test_ring_buffer_overflow_is_counted_and_shown(tmp_path):
