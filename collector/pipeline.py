@@ -306,7 +306,7 @@ class Pipeline:
             st = _safe(src.stats, SourceStats())
             # A source that counts nothing still shows, as 0: losses are never omitted.
             out = out + SourceStats(st.events or {src.name: 0}, st.lost or {src.name: 0},
-                                    st.counters)
+                                    st.counters, st.aggregated)
         return out
 
     def stats(self) -> SourceStats:

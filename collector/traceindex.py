@@ -22,6 +22,7 @@ import os
 import sqlite3
 
 from . import readerproc
+from .protowire import utf8
 from .tracereader import (
     BEGIN,
     CLOCK,
@@ -134,8 +135,8 @@ def _args_json(args) -> str:
 
 
 def _text(s: str) -> str:
-    """What the trace holds for s: UTF-8, a lone surrogate replaced (as the writer does)."""
-    return s if s.isascii() else s.encode("utf-8", "replace").decode("utf-8")
+    """What the trace holds for s: the writer's own UTF-8 encoding of it."""
+    return s if s.isascii() else utf8(s).decode("utf-8")
 
 
 class IndexWriter:

@@ -29,9 +29,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.exposition import choose_encoder, generate_latest
 
 from gpuscope.probes.events import CounterSample, Event, Span
+from gpuscope.probes.io import IO_KINDS
+from gpuscope.probes.summed import IO_SUMMED, IPC, OFFCPU_SUMMED
 
 READS = {"read", "pread64", "readv", "preadv", "preadv2"}   # probes/io.py IO_KINDS
 WRITES = {"write", "pwrite64", "writev"}
+SYSCALLS = frozenset(IO_KINDS.values())
+SUMMED_IO, SUMMED_SCHED = (IPC, IO_SUMMED), OFFCPU_SUMMED
 LAUNCHES = {"cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx"}
 MEMCPY = re.compile(r"^(cudaMemcpy|cuMemcpy)")
 SYNC = re.compile(r"(Synchronize|cuStreamWaitEvent|cudaStreamWaitEvent)")
@@ -138,6 +142,16 @@ class Metrics:
                                 inc("gpuscope_io_write_bytes_total", (), ret)
                     elif cat == "sched":
                         inc("gpuscope_offcpu_seconds_total", (("state", ev.name),), dur)
+                    elif cat in SUMMED_IO:   # calls summed per thread in the kernel
+                        a = ev.args
+                        for name in SYSCALLS.intersection(a):
+                            inc("gpuscope_io_calls_total", (("call", name),), a[name])
+                        inc("gpuscope_io_seconds_total", (), a.get("syscall_ns", 0) / 1e9)
+                    elif cat == SUMMED_SCHED:
+                        a = ev.args
+                        for state in ("blocked", "preempted"):
+                            inc("gpuscope_offcpu_seconds_total", (("state", state),),
+                                a.get(f"{state}_ns", 0) / 1e9)
                     elif cat == "cuda":
                         name = ev.name
                         inc("gpuscope_cuda_calls_total")

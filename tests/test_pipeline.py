@@ -16,9 +16,10 @@ from gpuscope.probes.proc import ProcProbe
 
 from conftest import Target
 
-# Once told to go, reads /dev/zero for ~3 s and forks a child that reads too.
+# Once told to go, reads a regular file (data IO, shipped one by one) for ~3 s
+# and forks a child that reads it too.
 READER = ("import json, os, sys, time\nprint(json.dumps({'ready': os.getpid()}), flush=True)\n"
-          "fd = os.open('/dev/zero', os.O_RDONLY)\nsys.stdin.readline()\n"
+          "fd = os.open(sys.executable, os.O_RDONLY)\nsys.stdin.readline()\n"
           "def spin(s):\n    end = time.monotonic() + s\n    while time.monotonic() < end:\n"
           "        os.read(fd, 8); time.sleep(0.002)\n"
           "spin(1.2)\npid = os.fork()\nif pid == 0:\n    spin(0.5); os._exit(0)\n"
