@@ -181,3 +181,22 @@ def test_exposition_follows_the_accept_header():
     assert fams["gpuscope_io_calls"].type == "counter"
     assert fams["gpuscope_target"].type == "info"
     assert body.endswith(b"# EOF\n")
+
+
+def test_metrics_count_the_calls_and_waits_summed_in_the_kernel():
+    """A summary slice stands for many calls: the counters add its counts, not 1."""
+    from gpuscope.probes.summed import IPC, OFFCPU_SUMMED
+
+    m = Metrics()
+    m.observe([span(1, 10),
+               Span(IPC, "IPC: 300 calls", 10, 11, 0, 500, {
+                   "calls": 300, "read": 120, "write": 180, "bytes": 9000,
+                   "syscall_ns": 2_000_000, "summed_in_kernel": True}),
+               Span(OFFCPU_SUMMED, "off-CPU waits < 1 ms: 40", 10, 11, 0, 500, {
+                   "calls": 40, "blocked": 30, "preempted": 10,
+                   "blocked_ns": 3_000_000, "preempted_ns": 1_000_000})])
+    fams = {f.name: f for f in text_string_to_metric_families(m.render())}
+    calls = {s.labels["call"]: s.value for s in fams["gpuscope_io_calls"].samples}
+    assert calls == {"read": 121, "write": 180}
+    off = {s.labels["state"]: s.value for s in fams["gpuscope_offcpu_seconds"].samples}
+    assert off == {"blocked": pytest.approx(0.003), "preempted": pytest.approx(0.001)}
