@@ -320,3 +320,26 @@ def test_target_in_another_mount_namespace(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_threads_that_did_not_run_reuse_their_stack(python):
+    """An idle thread's stack is reused only while it has not run; a reused stack is
+    the one a fresh walk gives (and that walk is checked against py-spy above)."""
+    with target(python, "parked.py") as proc:
+        time.sleep(0.3)  # every thread parked
+        fresh = dump(proc.pid)
+        s = PythonSampler(rate_hz=200)
+        try:
+            s.start([proc.pid])
+            samples = [e for e in collect(s, 0.7) if isinstance(e, StackSample)]
+            stats = s.stats()
+        finally:
+            s.stop()
+    assert stats["reused"] > 0, stats
+    by_tid: dict[int, set] = {}
+    for e in samples:
+        by_tid.setdefault(e.tid, set()).add(e.frames)
+    for tid, stacks in by_tid.items():
+        if "spin_b" in names(fresh[tid]):
+            continue
+        assert stacks == {tuple(fresh[tid])}, (tid, stacks)
