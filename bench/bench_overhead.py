@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from gpuscope.probes import procfs
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 PYSPY = Path(PY).parent / "py-spy"
@@ -66,6 +68,23 @@ def cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat", "rb") as f:
         fields = f.read().rsplit(b")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / HZ
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all cores spent not idle (/proc/stat), for the others' share."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v[:8]) - v[3] - v[4]) / HZ
+
+
+def tree_cpu_s(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            total += cpu_s(pid)
+        except (OSError, IndexError):
+            pass
+    return total
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
@@ -107,6 +126,9 @@ class Job:
                                      text=True, start_new_session=True)
         self.pid = json.loads(self.proc.stdout.readline())["ready"]
 
+    def tree(self) -> list[int]:
+        return procfs.descendants(self.pid)
+
     def steps_per_s(self, t0: int, t1: int) -> float:
         """Steps ending in [t0, t1] (CLOCK_MONOTONIC ns) per second."""
         n = 0
@@ -126,10 +148,17 @@ class Job:
             self.fs.wait()
 
 
+def others_pct(job: Job, m0: float, j0: float, t0: int, profiler_s: float = 0.0) -> float:
+    """CPU that neither the job nor the profiler used during the window, % of the machine:
+    the other load on a shared machine, which makes that phase's figure noisy."""
+    wall = (time.monotonic_ns() - t0) / 1e9 * os.cpu_count()
+    return 100 * (machine_busy_s() - m0 - (tree_cpu_s(job.tree()) - j0) - profiler_s) / wall
+
+
 def phase_off(job: Job, seconds: float) -> dict:
-    t0 = time.monotonic_ns()
+    m0, j0, t0 = machine_busy_s(), tree_cpu_s(job.tree()), time.monotonic_ns()
     time.sleep(seconds)
-    return {"window": (t0, time.monotonic_ns())}
+    return {"window": (t0, time.monotonic_ns()), "others": others_pct(job, m0, j0, t0)}
 
 
 def phase_on(job: Job, tool: str, seconds: float, workdir: str) -> dict:
@@ -150,9 +179,11 @@ def phase_on(job: Job, tool: str, seconds: float, workdir: str) -> dict:
         if p.poll() is not None:
             raise RuntimeError(f"gpuscope failed: {line}{p.stderr.read()[-500:]}")
         time.sleep(1.0)  # first ticks, seeding from /proc: not the steady state
+    m0, j0 = machine_busy_s(), tree_cpu_s(job.tree())
     c0, t0 = cpu_s(p.pid), time.monotonic_ns()
     time.sleep(seconds)
     c1, t1 = cpu_s(p.pid), time.monotonic_ns()
+    others = others_pct(job, m0, j0, t0, c1 - c0)
     rss, hwm = rss_mb(p.pid)
     p.send_signal(signal.SIGINT)
     try:
@@ -160,7 +191,7 @@ def phase_on(job: Job, tool: str, seconds: float, workdir: str) -> dict:
     except subprocess.TimeoutExpired:
         p.kill()
         p.communicate()
-    out = {"window": (t0, t1), "cpu_per_s": (c1 - c0) / ((t1 - t0) / 1e9), "rss": rss, "hwm": hwm}
+    out = {"window": (t0, t1), "others": others, "cpu_per_s": (c1 - c0) / ((t1 - t0) / 1e9), "rss": rss, "hwm": hwm}
     if flags is not None:
         s = json.loads(Path(trace).with_suffix(".summary.json").read_text())
         dur = max(s["duration_s"], 1e-9)
@@ -189,6 +220,7 @@ def run_job(kind: str, tools: list[str], seconds: float, repeat: int, workdir: s
         for i, (tool, r) in enumerate(ons):
             on = job.steps_per_s(*r["window"])
             off = (base[i] + base[i + 1]) / 2
+            r["others"] = max(r["others"], offs[i]["others"], offs[i + 1]["others"])
             rows.append({"job": kind, "tool": tool, "off": off, "on": on,
                          "slowdown": off / on - 1 if on else float("inf"), **r})
     finally:
@@ -200,7 +232,7 @@ def fmt_row(r: dict) -> str:
     ev = r.get("events_per_s")
     us = r["cpu_per_s"] / ev * 1e6 if ev else None
     return (f"{r['tool']:<30} {r['off']:8.1f} {r['on']:8.1f} {100 * r['slowdown']:+8.1f}% "
-            f"{100 * r['cpu_per_s']:7.1f}% {r['rss']:7.0f} "
+            f"{100 * r['cpu_per_s']:7.1f}% {r['others']:6.0f}% {r['rss']:7.0f} "
             + (f"{ev:9.0f} {us:7.1f} {r['lost']:7d}" if ev is not None else f"{'-':>9} {'-':>7} {'-':>7}"))
 
 
@@ -215,11 +247,17 @@ def main() -> None:
     if os.geteuid() != 0:
         sys.exit("bench_overhead: needs root (BPF, process_vm_readv)")
     seconds = a.phase or (4.0 if a.quick else 8.0)
+    try:  # the job and the profiler (children inherit it) ahead of other load on a shared machine
+        os.nice(-5)
+    except OSError:
+        pass
     load = os.getloadavg()[0]
     print(f"bench_overhead: {os.cpu_count()} CPUs, load {load:.1f} before start, {seconds:g} s phases; "
           f"py-spy {'yes' if PYSPY.exists() else 'missing'}")
     print("slowdown = time per step attached / mean of the unattached phases either side - 1; "
-          "CPU = the profiler process's user+sys per second of the measured window")
+          "CPU = the profiler process's user+sys per second of the measured window (% of one core); "
+          "others = what other processes took of the machine meanwhile (the worst of the three "
+          "phases compared): when it is high, that row is noise")
     all_rows = []
     for kind in a.jobs.split(","):
         tools = JOB_TOOLS[kind]
@@ -233,7 +271,7 @@ def main() -> None:
             rows = run_job(kind, tools, seconds, a.repeat, d)
         all_rows += rows
         print(f"\n== job {kind}: {JOB_NAMES[kind]}")
-        print(f"{'attached':<30} {'off st/s':>8} {'on st/s':>8} {'slowdown':>9} {'CPU':>8} "
+        print(f"{'attached':<30} {'off st/s':>8} {'on st/s':>8} {'slowdown':>9} {'CPU':>8} {'others':>7} "
               f"{'RSS MB':>7} {'events/s':>9} {'µs/ev':>7} {'lost':>7}")
         for r in rows:
             print(fmt_row(r))

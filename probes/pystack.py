@@ -10,8 +10,9 @@ lost) — never a wrong stack.
 
 Cost (each process_vm_readv from Python is several µs, and so is the walk): a
 tick reads the thread list in one syscall (the tstates seen last time, checked
-against their own next pointers), every thread's frame pointer and data-stack
-chunk in one, and every thread's re-check in one. A thread that has not been
+against their own next pointers), the idle threads' frame pointers and data-stack
+chunks in one, and their re-checks in one (a running thread gets its own two, to
+keep its copy and re-check close together). A thread that has not been
 on a CPU since its last walk (the caller's probe: same scheduler run count and
 run time, not running now) cannot have changed its stack, so its last stack is
 reused, and counted as such.
@@ -33,6 +34,12 @@ from .pyruntime import Runtime
 MAX_DEPTH = 4096
 MAX_THREADS = 4096
 MAX_CHUNK_COPY = 1 << 20
+# DataLoader plumbing threads (queue feeders, pin-memory, fd sharing): while idle and
+# unchanged they are walked every THIN_EVERY-th tick; the verdict never reads them.
+THIN_EVERY = 4
+_PLUMBING = (("multiprocessing/queues.py", "_feed"),
+             ("torch/utils/data/_utils/pin_memory.py", "_pin_memory_loop"),
+             ("multiprocessing/resource_sharer.py", "_serve"))
 _u64 = struct.Struct("<Q").unpack_from
 _i32 = struct.Struct("<i").unpack_from
 _u32 = struct.Struct("<I").unpack_from
@@ -52,6 +59,12 @@ class ThreadStack:
     ts: int = 0  # CLOCK_MONOTONIC ns when the walk of this thread began
     state: str | None = None  # the probe's state letter (None: not probed, or gone)
     reused: bool = False  # the thread had not run: its previous stack
+    # frames None and error "thinned": an idle plumbing thread skipped this tick
+
+
+def _plumbing(frames: tuple[Frame, ...]) -> bool:
+    return any(f.file.endswith(path) and f.function.rsplit(".", 1)[-1] == fn
+               for f in frames for path, fn in _PLUMBING)
 
 
 class Walker:
@@ -71,6 +84,8 @@ class Walker:
         self._gil_struct: dict[int, int] = {}
         self._known: dict[int, list[int]] = {}  # interp -> tstate addresses last seen
         self._last: dict[int, tuple[object, ThreadStack]] = {}  # tstate -> (run key, stack)
+        self._idle_plumbing: dict[int, int] = {}  # tstate -> walks in a row, idle, same stack
+        self._ticks = 0
         self._tid_off: int | None = None  # 3.10: offset of the TID in glibc's struct pthread
         self._tids: dict[tuple[int, int], int] = {}  # 3.10: (tstate, pthread_t) -> TID
         self.tid_note: str | None = None
@@ -143,6 +158,7 @@ class Walker:
         lost: dict[str, int] = {}
         out: list[ThreadStack] = []
         live: set[int] = set()
+        self._ticks += 1
         for interp in self.interpreters():
             threads, holder = [], 0
             for attempt in range(retries):
@@ -174,17 +190,29 @@ class Walker:
                         out.append(ThreadStack(tid, addr, self._gil(addr, tb, holder), s.frames,
                                                None, time.monotonic_ns(), st, True))
                         continue
+                    if (st != "R" and self._idle_plumbing.get(addr, 0) >= 2
+                            and (self._ticks + addr // 64) % THIN_EVERY):
+                        out.append(ThreadStack(tid, addr, False, None, "thinned", time.monotonic_ns(), st))
+                        continue
                 todo.append((addr, tb, st, key))
             out += self._walk_all(todo, holder, retries, lost)
         for addr in [a for a in self._last if a not in live]:
             del self._last[addr]
+        for addr in [a for a in self._idle_plumbing if a not in live]:
+            del self._idle_plumbing[addr]
         return out, lost
 
     def _walk_all(self, todo, holder: int, retries: int, lost: dict[str, int]) -> list[ThreadStack]:
         """Walk these threads with batched reads; one that comes out torn is walked
         again on its own (re-reading its tstate) up to `retries` times."""
         out = []
-        got = self._walk_batch([(a, tb) for a, tb, _, _ in todo], holder) if todo else []
+        # Threads on a CPU are walked one by one (the shorter the time between copy and
+        # re-check, the fewer torn stacks); the others share their syscalls.
+        batch = [(a, tb) for a, tb, st, _ in todo if st != "R"]
+        walked = dict(zip((a for a, _ in batch), self._walk_batch(batch, holder) if batch else [],
+                          strict=True))
+        got = [walked[a] if a in walked else self._walk_batch([(a, tb)], holder)[0]
+               for a, tb, _, _ in todo]
         for (addr, tb, st, key), stack in zip(todo, got, strict=True):
             err = "torn stack"
             if isinstance(stack, Exception):
@@ -209,6 +237,12 @@ class Walker:
                 lost[err] = lost.get(err, 0) + 1
                 stack = ThreadStack(self._tid_fallback(tb), addr, False, None, err, time.monotonic_ns())
             elif key is not None:
+                prev = self._last.get(addr)
+                same = prev is not None and prev[1].frames == stack.frames
+                if st != "R" and same and _plumbing(stack.frames):
+                    self._idle_plumbing[addr] = self._idle_plumbing.get(addr, 0) + 1
+                else:
+                    self._idle_plumbing.pop(addr, None)
                 self._last[addr] = (key, stack)
             stack.state = st
             out.append(stack)
@@ -325,7 +359,8 @@ class Walker:
             infos[c] = self.code_cache.get(c, hdr)
         frames = []
         interp = L.frame_model != "frameobject"
-        for _addr, c, instr, keep, _prev in raw:
+        not_started = 1 if L.instr_is_next else 0  # (see Layout.instr_is_next)
+        for k, (_addr, c, instr, keep, _prev) in enumerate(raw):
             if not keep:
                 continue
             info = infos[c]
@@ -337,7 +372,7 @@ class Walker:
                     raise Torn("instruction out of range")
             else:
                 idx = (instr - c - L.code_adaptive) // 2
-                if keep - 1 != L.owner_generator and idx < info.firsttraceable:
+                if keep - 1 != L.owner_generator and idx < info.firsttraceable + (k == 0) * not_started:
                     continue  # incomplete frame, still in its prologue
                 if not 0 <= idx < info.n_units:
                     raise Torn("instruction out of range")

@@ -116,7 +116,7 @@ class PythonSampler(Source):
         self._expected_before = 0.0  # ticks the earlier levels asked for
         self._level_since = 0.0
         self._counts = {"events": 0, "lost": 0, "errors": 0, "ticks": 0, "late": 0,
-                        "stale": 0, "threads": 0, "reused": 0}
+                        "stale": 0, "threads": 0, "reused": 0, "thinned": 0}
 
     # ---- Source interface ------------------------------------------------------------
 
@@ -306,7 +306,7 @@ class PythonSampler(Source):
     def _tick(self) -> None:
         samples: list[Event] = []
         lost: dict[str, int] = {}
-        errors = stale = threads = reused = 0
+        errors = stale = threads = reused = thinned = 0
         live: set[tuple[int, int]] = set()
         gone: list[int] = []
         states = self._states
@@ -334,6 +334,9 @@ class PythonSampler(Source):
                     stale += 1  # thread exited, or a pre-fork thread state: not ours
                     continue
                 live.add((w.pid, s.tid))
+                if s.error == "thinned":
+                    thinned += 1
+                    continue
                 if s.frames is None:
                     continue
                 reused += s.reused
@@ -347,6 +350,7 @@ class PythonSampler(Source):
             c["errors"] += errors
             c["stale"] += stale
             c["reused"] += reused
+            c["thinned"] += thinned
             c["threads"] = threads
             c["lost"] += sum(lost.values())
             for reason, n in lost.items():

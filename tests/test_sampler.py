@@ -343,3 +343,24 @@ def test_threads_that_did_not_run_reuse_their_stack(python):
         if "spin_b" in names(fresh[tid]):
             continue
         assert stacks == {tuple(fresh[tid])}, (tid, stacks)
+
+
+def test_idle_plumbing_threads_are_thinned_not_lost():
+    """A queue feeder thread that keeps waking but is idle on the same stack whenever
+    it is sampled is walked every THIN_EVERY-th tick (counted as thinned); the main
+    thread keeps the full rate."""
+    from gpuscope.probes.pystack import THIN_EVERY
+
+    with target(sys.executable, "feeder.py") as proc:
+        s = PythonSampler(rate_hz=200)
+        try:
+            s.start([proc.pid])
+            samples = [e for e in collect(s, 1.0) if isinstance(e, StackSample)]
+            stats = s.stats()
+        finally:
+            s.stop()
+    feeder = [e for e in samples if any(n.endswith("._feed") for n in names(e.frames))]
+    main = [e for e in samples if e.tid == proc.pid]
+    assert feeder and main and stats["thinned"] > 0, stats
+    assert len(feeder) < len(main) / 2, (len(feeder), len(main))
+    assert len(feeder) >= len(main) / THIN_EVERY / 2
