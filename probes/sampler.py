@@ -23,6 +23,7 @@ from .pystack import Walker
 from .source import Source, SourceError
 
 MAX_QUEUED = 1_000_000
+WAKE_AT = 2000  # queued samples that wake a waiting poll() before its timeout
 # The overhead budget's knob: level n samples at rate_hz * LEVEL_SCALE[n] (100, 50, 25, 10 Hz).
 LEVEL_SCALE = (1.0, 0.5, 0.25, 0.1)
 RATE_TRACK = "python sample rate"
@@ -364,7 +365,9 @@ class PythonSampler(Source):
             self._queue.extend(samples)
             for pid in gone:
                 self._walkers.pop(pid, None)
-            if samples or lost:
+            # The collector's pump wakes on its poll timeout anyway: waking it every
+            # tick would cost a thread switch and a GIL hand-over per tick.
+            if len(self._queue) >= WAKE_AT or lost:
                 self._cond.notify_all()
 
     def _maybe_reresolve(self, pid: int) -> None:
