@@ -1,12 +1,18 @@
 """PythonSampler: every thread's Python stack of every tracked process, at a fixed rate.
 
-A background thread ticks at rate_hz; each tick walks all threads of all tracked
-pids (pystack.Walker) and tags each stack with the thread's kernel state
+A background thread ticks at the current rate; each tick walks all threads of all
+tracked pids (pystack.Walker) and tags each stack with the thread's kernel state
 (running/idle, from /proc/PID/task/TID/stat read through a kept-open fd) and
-whether it holds the GIL. Samples and losses are queued for poll(). A tick that
-cannot start on time is counted late and skipped, so the achieved rate is
-honest. ctypes releases the GIL during each process_vm_readv, but the walk
-itself is Python: at 1 kHz it competes with the collector's other threads.
+whether it holds the GIL. schedstat (read beside stat) tells whether a thread has
+been on a CPU since its last walk; if not, its last stack is reused (stats
+"reused"). Idle DataLoader plumbing threads are walked every 4th tick ("thinned").
+Samples and losses are queued for poll(). A tick that cannot start on time is
+counted late and skipped, so the achieved rate is honest. ctypes releases the GIL
+during each process_vm_readv, but the walk itself is Python: at 1 kHz it competes
+with the collector's other threads.
+
+The overhead budget's knob: levels() / set_level(n) lower the rate (LEVEL_SCALE);
+each change is a CounterSample on RATE_TRACK in the stream.
 """
 
 from __future__ import annotations
@@ -162,6 +168,11 @@ class PythonSampler(Source):
                 batch.append(Loss(self.name, now, n, reason))
             self._lost_pending = {}
         return batch
+
+    def drain(self) -> list[Event]:
+        """What is still queued, at the end of a capture (poll() may not have been
+        woken for it)."""
+        return self.poll(0)
 
     def stop(self) -> None:
         self._stop.set()
