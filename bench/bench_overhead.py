@@ -158,7 +158,8 @@ def others_pct(job: Job, m0: float, j0: float, t0: int, profiler_s: float = 0.0)
 def phase_off(job: Job, seconds: float) -> dict:
     m0, j0, t0 = machine_busy_s(), tree_cpu_s(job.tree()), time.monotonic_ns()
     time.sleep(seconds)
-    return {"window": (t0, time.monotonic_ns()), "others": others_pct(job, m0, j0, t0)}
+    return {"window": (t0, time.monotonic_ns()), "job_cpu": tree_cpu_s(job.tree()) - j0,
+            "others": others_pct(job, m0, j0, t0)}
 
 
 def phase_on(job: Job, tool: str, seconds: float, workdir: str) -> dict:
@@ -184,6 +185,7 @@ def phase_on(job: Job, tool: str, seconds: float, workdir: str) -> dict:
     time.sleep(seconds)
     c1, t1 = cpu_s(p.pid), time.monotonic_ns()
     others = others_pct(job, m0, j0, t0, c1 - c0)
+    job_cpu = tree_cpu_s(job.tree()) - j0
     rss, hwm = rss_mb(p.pid)
     p.send_signal(signal.SIGINT)
     try:
@@ -191,7 +193,7 @@ def phase_on(job: Job, tool: str, seconds: float, workdir: str) -> dict:
     except subprocess.TimeoutExpired:
         p.kill()
         p.communicate()
-    out = {"window": (t0, t1), "others": others, "cpu_per_s": (c1 - c0) / ((t1 - t0) / 1e9), "rss": rss, "hwm": hwm}
+    out = {"window": (t0, t1), "others": others, "job_cpu": job_cpu, "cpu_per_s": (c1 - c0) / ((t1 - t0) / 1e9), "rss": rss, "hwm": hwm}
     if flags is not None:
         s = json.loads(Path(trace).with_suffix(".summary.json").read_text())
         dur = max(s["duration_s"], 1e-9)
@@ -217,9 +219,19 @@ def run_job(kind: str, tools: list[str], seconds: float, repeat: int, workdir: s
             ons.append((tool, phase_on(job, tool, seconds, workdir)))
             offs.append(phase_off(job, seconds))
         base = [job.steps_per_s(*o["window"]) for o in offs]
+        per_step = [o["job_cpu"] / max(1e-9, b * (o["window"][1] - o["window"][0]) / 1e9)
+                    for o, b in zip(offs, base, strict=True)]
         for i, (tool, r) in enumerate(ons):
             on = job.steps_per_s(*r["window"])
             off = (base[i] + base[i + 1]) / 2
+            # The job's own CPU per step: what the profiler adds inside the job's threads
+            # (BPF in its syscalls, cache and lock effects), robust to other load.
+            on_step = r["job_cpu"] / max(1e-9, on * (r["window"][1] - r["window"][0]) / 1e9)
+            r["cpu_step"] = on_step / ((per_step[i] + per_step[i + 1]) / 2) - 1
+            # If the job had the machine to itself and used all of it: that, and the
+            # cores the profiler's process takes from it.
+            ncpu = os.cpu_count()
+            r["est"] = (1 + r["cpu_step"]) * ncpu / max(1e-9, ncpu - r["cpu_per_s"]) - 1
             r["others"] = max(r["others"], offs[i]["others"], offs[i + 1]["others"])
             rows.append({"job": kind, "tool": tool, "off": off, "on": on,
                          "slowdown": off / on - 1 if on else float("inf"), **r})
@@ -232,8 +244,46 @@ def fmt_row(r: dict) -> str:
     ev = r.get("events_per_s")
     us = r["cpu_per_s"] / ev * 1e6 if ev else None
     return (f"{r['tool']:<30} {r['off']:8.1f} {r['on']:8.1f} {100 * r['slowdown']:+8.1f}% "
+            f"{100 * r['cpu_step']:+8.1f}% {100 * r['est']:+7.1f}% "
             f"{100 * r['cpu_per_s']:7.1f}% {r['others']:6.0f}% {r['rss']:7.0f} "
             + (f"{ev:9.0f} {us:7.1f} {r['lost']:7d}" if ev is not None else f"{'-':>9} {'-':>7} {'-':>7}"))
+
+
+STATS_LOOP = r"""
+import os, sys, time
+n = int(sys.argv[1]); t = time.perf_counter()
+for _ in range(n): os.getppid()
+print((time.perf_counter() - t) / n * 1e9)
+"""
+
+
+def bpf_stats_cost(rounds: int = 4, n: int = 300_000) -> None:
+    """What BPF run-time statistics (the budget's measure of gpuscope's in-kernel cost)
+    add per program run: a getppid() loop with a trivial tracepoint program attached,
+    statistics off and on, alternating."""
+    try:
+        import bcc
+    except ImportError:
+        print("bpf stats cost: bcc not importable, skipped")
+        return
+    from gpuscope.collector.bpfcost import BpfRunTime
+
+    prog = bcc.BPF(text="TRACEPOINT_PROBE(syscalls, sys_enter_getppid) { return 0; }")
+    res: dict[bool, list[float]] = {False: [], True: []}
+    try:
+        for _ in range(rounds):
+            for on in (False, True):
+                rt = BpfRunTime() if on else None
+                out = subprocess.run([PY, "-c", STATS_LOOP, str(n)], capture_output=True, text=True)
+                res[on].append(float(out.stdout))
+                if rt is not None:
+                    rt.close()
+    finally:
+        prog.cleanup()
+    off, on = statistics.median(res[False]), statistics.median(res[True])
+    print(f"\n== BPF run-time statistics: getppid() with a tracepoint program, {off:.0f} ns/call "
+          f"stats off, {on:.0f} ns/call stats on: {on - off:+.0f} ns per program run "
+          f"({100 * (on / off - 1):+.1f}%)")
 
 
 def main() -> None:
@@ -257,9 +307,12 @@ def main() -> None:
     print("slowdown = time per step attached / mean of the unattached phases either side - 1; "
           "CPU = the profiler process's user+sys per second of the measured window (% of one core); "
           "others = what other processes took of the machine meanwhile (the worst of the three "
-          "phases compared): when it is high, that row is noise")
+          "phases compared): when it is high, that row is noise.\nCPU/step = the job's own CPU per "
+          "step attached / unattached - 1 (what the profiler adds inside the job's threads; robust to "
+          "other load); est.sat = the slowdown that implies for a job using every core alone: "
+          "(1 + CPU/step) * cores / (cores - profiler CPU) - 1")
     all_rows = []
-    for kind in a.jobs.split(","):
+    for kind in [j for j in a.jobs.split(",") if j]:
         tools = JOB_TOOLS[kind]
         if a.quick:
             tools = [t for t in tools if t in QUICK_TOOLS]
@@ -271,22 +324,28 @@ def main() -> None:
             rows = run_job(kind, tools, seconds, a.repeat, d)
         all_rows += rows
         print(f"\n== job {kind}: {JOB_NAMES[kind]}")
-        print(f"{'attached':<30} {'off st/s':>8} {'on st/s':>8} {'slowdown':>9} {'CPU':>8} {'others':>7} "
+        print(f"{'attached':<30} {'off st/s':>8} {'on st/s':>8} {'slowdown':>9} {'CPU/step':>9} "
+              f"{'est.sat':>8} {'CPU':>8} {'others':>7} "
               f"{'RSS MB':>7} {'events/s':>9} {'µs/ev':>7} {'lost':>7}")
         for r in rows:
             print(fmt_row(r))
             if r.get("lost_by"):
                 print(f"{'':<30}   lost by source: {r['lost_by']}")
-    by = {}
+    by: dict[tuple[str, str], list[dict]] = {}
     for r in all_rows:
-        by.setdefault((r["job"], r["tool"]), []).append(r["slowdown"])
-    spy = {j: statistics.median(v) for (j, t), v in by.items() if TOOLS[t] is None}
-    print("\n== ratios")
-    for (j, t), v in by.items():
-        if TOOLS[t] is not None and j in spy:
-            print(f"job {j} {t:<28} slowdown {100 * statistics.median(v):+6.1f}% vs py-spy "
-                  f"{100 * spy[j]:+6.1f}%")
+        by.setdefault((r["job"], r["tool"]), []).append(r)
 
+    def med(rows: list[dict], k: str) -> float:
+        return 100 * statistics.median(r[k] for r in rows)
+
+    spy = {j: rows for (j, t), rows in by.items() if TOOLS[t] is None}
+    bpf_stats_cost()
+    print("\n== ratios (medians over repeats): measured slowdown, and est.sat, each vs py-spy's")
+    for (j, t), rows in by.items():
+        if TOOLS[t] is not None and j in spy:
+            print(f"job {j} {t:<28} slowdown {med(rows, 'slowdown'):+6.1f}% vs py-spy "
+                  f"{med(spy[j], 'slowdown'):+6.1f}%; est.sat {med(rows, 'est'):+6.1f}% vs "
+                  f"{med(spy[j], 'est'):+6.1f}%")
 
 if __name__ == "__main__":
     main()
