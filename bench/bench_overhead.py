@@ -263,10 +263,11 @@ def bpf_stats_cost(rounds: int = 4, n: int = 300_000) -> None:
     statistics off and on, alternating."""
     try:
         import bcc
-    except ImportError:
-        print("bpf stats cost: bcc not importable, skipped")
+
+        from gpuscope.collector.bpfcost import BpfRunTime
+    except ImportError as e:
+        print(f"bpf stats cost: skipped ({e})")
         return
-    from gpuscope.collector.bpfcost import BpfRunTime
 
     prog = bcc.BPF(text="TRACEPOINT_PROBE(syscalls, sys_enter_getppid) { return 0; }")
     res: dict[bool, list[float]] = {False: [], True: []}
