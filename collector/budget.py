@@ -86,6 +86,7 @@ class OverheadBudget:
         self._under_since: int | None = None
         self._own_pct = self._bpf_pct = self._target_pct = 0.0
         self._peak_pct = 0.0
+        self._first = self._last = None  # (ts, own, bpf, target) at the first and last tick
 
     @property
     def max_level(self) -> int:
@@ -122,6 +123,9 @@ class OverheadBudget:
         own = own_cpu_s() if self.own_pid == os.getpid() else (process_cpu_s(self.own_pid) or 0.0)
         bpf_s = self.bpf.seconds() if self.bpf is not None else 0.0
         self._samples.append((ts, own, bpf_s, self._target_cpu()))
+        if self._first is None:
+            self._first = self._samples[-1]
+        self._last = self._samples[-1]
         while len(self._samples) > 2 and self._samples[1][0] <= ts - self.window_ns:
             self._samples.popleft()
         t0, own0, bpf0, tgt0 = self._samples[0]
@@ -199,8 +203,17 @@ class OverheadBudget:
                 parts.append(fn(n) if fn else f"{getattr(knob, 'name', 'source')} level {n}")
         return ", ".join(parts)
 
+    def mean_pct(self) -> tuple[float, float]:
+        """(gpuscope, target) CPU as % of the machine from the first tick to the last."""
+        if self._first is None or self._last[0] <= self._first[0]:
+            return 0.0, 0.0
+        machine = (self._last[0] - self._first[0]) / 1e9 * self.ncpu
+        own = (self._last[1] - self._first[1]) + (self._last[2] - self._first[2])
+        return 100 * own / machine, 100 * (self._last[3] - self._first[3]) / machine
+
     def state(self) -> dict:
         """For the status line and the summary."""
+        mean_own, mean_target = self.mean_pct()
         return {
             "limit_pct": 100 * self.limit,
             "level": self.level,
@@ -210,6 +223,8 @@ class OverheadBudget:
             "bpf_cpu_pct": round(self._bpf_pct, 3) if self.bpf is not None else None,
             "target_cpu_pct": round(self._target_pct, 3),
             "peak_own_cpu_pct": round(self._peak_pct, 3),
+            "mean_own_cpu_pct": round(mean_own, 3),
+            "mean_target_cpu_pct": round(mean_target, 3),
             "cpus": self.ncpu,
             "changes": [{"ts": c.ts, "level": c.level, "reason": c.reason, "own_cpu_pct": c.own_pct,
                          "detail": c.detail} for c in self.changes],

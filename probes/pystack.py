@@ -20,7 +20,6 @@ reused, and counted as such.
 
 from __future__ import annotations
 
-import os
 import struct
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from .events import Frame
 from .procmem import ProcessGone, ProcessMemory, ReadError
 from .pycode import CodeCache, Torn
 from .pyruntime import Runtime
+from .pytids import TidMap
 
 MAX_DEPTH = 4096
 MAX_THREADS = 4096
@@ -70,6 +70,10 @@ def _plumbing(frames: tuple[Frame, ...]) -> bool:
 class Walker:
     """Reads all thread stacks of one process. Not thread-safe; one per pid."""
 
+    @property
+    def tid_note(self) -> str | None:
+        return self.tids.note
+
     def __init__(self, rt: Runtime, mem: ProcessMemory | None = None):
         self.rt = rt
         self.L = rt.layout
@@ -86,9 +90,7 @@ class Walker:
         self._last: dict[int, tuple[object, ThreadStack]] = {}  # tstate -> (run key, stack)
         self._idle_plumbing: dict[int, int] = {}  # tstate -> walks in a row, idle, same stack
         self._ticks = 0
-        self._tid_off: int | None = None  # 3.10: offset of the TID in glibc's struct pthread
-        self._tids: dict[tuple[int, int], int] = {}  # 3.10: (tstate, pthread_t) -> TID
-        self.tid_note: str | None = None
+        self.tids = TidMap(self.L, self.mem, self.pid)
 
     # ---- interpreters and threads -------------------------------------------------
 
@@ -171,12 +173,12 @@ class Walker:
                     self._known.pop(interp, None)
                     if attempt == retries - 1:
                         lost["thread list"] = lost.get("thread list", 0) + 1
-            if self.L.tstate_native_tid is None and self._tid_off is None and threads:
-                self._calibrate_tid(threads)
+            if self.L.tstate_native_tid is None and self.tids.off is None and threads:
+                self.tids.calibrate(threads)
             todo: list[tuple[int, bytes, str | None, object]] = []
             for addr, tb in threads:
                 live.add(addr)
-                tid = self._known_tid(addr, tb)
+                tid = self.tids.known(addr, tb)
                 st = key = None
                 if probe is not None and tid is not None:
                     r = probe(tid)
@@ -235,7 +237,7 @@ class Walker:
                     stack = None
             if stack is None:
                 lost[err] = lost.get(err, 0) + 1
-                stack = ThreadStack(self._tid_fallback(tb), addr, False, None, err, time.monotonic_ns())
+                stack = ThreadStack(self.tids.fallback(tb), addr, False, None, err, time.monotonic_ns())
             elif key is not None:
                 prev = self._last.get(addr)
                 same = prev is not None and prev[1].frames == stack.frames
@@ -322,7 +324,7 @@ class Walker:
             spans += [(r[0], self._frame_read) for r in raw]
             spans += [(c, self._code_read) for c in codes]
             if L.tstate_native_tid is None:
-                spans.append((_u64(tb, L.tstate_thread_id)[0] + (self._tid_off or 0), 4))
+                spans.append((_u64(tb, L.tstate_thread_id)[0] + (self.tids.off or 0), 4))
             slices.append((start, codes))
         got = mem.read_many(spans) if spans else []
         for k, w in enumerate(walks):
@@ -382,11 +384,11 @@ class Walker:
             tid = _u64(tb, L.tstate_native_tid)[0]
         else:
             tail = got[cbase + len(codes)]
-            if self._tid_off is not None and tail is not None:
+            if self.tids.off is not None and tail is not None:
                 tid = _i32(tail)[0]
-                self._tids[(tstate, _u64(tb, L.tstate_thread_id)[0])] = tid
+                self.tids.remember(tstate, tb, tid)
             else:
-                tid = self._tid_fallback(tb)
+                tid = self.tids.fallback(tb)
         return ThreadStack(tid, tstate, self._gil(tstate, tb, holder), tuple(frames), None, ts)
 
     def _instr(self, fb: bytes) -> int:
@@ -425,43 +427,3 @@ class Walker:
             out.append((addr, code, self._instr(fb), keep, prev))
             addr = prev
         return out
-
-    # ---- thread ids ----------------------------------------------------------------
-
-    def _known_tid(self, tstate: int, tb: bytes) -> int | None:
-        """The kernel TID without reading anything (None on 3.10 before its first walk)."""
-        if self.L.tstate_native_tid is not None:
-            return _u64(tb, self.L.tstate_native_tid)[0]
-        return self._tids.get((tstate, _u64(tb, self.L.tstate_thread_id)[0]))
-
-    def _calibrate_tid(self, threads: list[tuple[int, bytes]]) -> None:
-        """3.10 has only pthread_t; the kernel TID sits inside glibc's struct pthread
-        (offset 720 on glibc 2.36). Find the offset where the main thread's struct holds
-        our pid and every other thread's holds one of our TIDs."""
-        try:
-            tids = {int(t) for t in os.listdir(f"/proc/{self.pid}/task")}
-            blobs = [self.mem.read(_u64(tb, self.L.tstate_thread_id)[0], 2048) for _, tb in threads]
-        except (OSError, ReadError):
-            return
-        main = blobs[-1]  # the oldest thread state: the main thread
-        offs = [720] + [o for o in range(0, 2048 - 4, 4) if o != 720]
-        for off in offs:
-            if _i32(main, off)[0] != self.pid:
-                continue
-            vals = [_i32(b, off)[0] for b in blobs]
-            if all(v in tids for v in vals) and len(set(vals)) == len(vals):
-                self._tid_off = off
-                if off != 720:
-                    self.tid_note = f"pthread TID offset is {off}, not glibc 2.36's 720"
-                return
-        self.tid_note = "could not map pthread_t to kernel TIDs; thread ids are pthread_t values"
-
-    def _tid_fallback(self, tb: bytes) -> int:
-        if self.L.tstate_native_tid is not None:
-            return _u64(tb, self.L.tstate_native_tid)[0]
-        if self._tid_off is not None:
-            try:
-                return _i32(self.mem.read(_u64(tb, self.L.tstate_thread_id)[0] + self._tid_off, 4))[0]
-            except ReadError:
-                return 0
-        return _u64(tb, self.L.tstate_thread_id)[0]

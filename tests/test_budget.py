@@ -69,6 +69,7 @@ def test_over_budget_lowers_the_sampler_rate_and_restores_it(parked):
         assert gaps and statistics.median(gaps) >= 0.08e9, gaps
         st = b.state()
         assert st["level"] == 3 and st["target_cpu_pct"] > 0 and st["limit_pct"] == 0
+        assert st["mean_own_cpu_pct"] > 0 and st["mean_target_cpu_pct"] > 0
         assert "L3" in b.status()
         # Now the budget is generous: back to full detail, one level at a time.
         b.limit = 1.0
