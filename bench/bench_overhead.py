@@ -274,7 +274,7 @@ def bpf_stats_cost(rounds: int = 4, n: int = 300_000) -> None:
     try:
         for _ in range(rounds):
             for on in (False, True):
-                rt = BpfRunTime() if on else None
+                rt = BpfRunTime(duty=None) if on else None
                 out = subprocess.run([PY, "-c", STATS_LOOP, str(n)], capture_output=True, text=True)
                 res[on].append(float(out.stdout))
                 if rt is not None:

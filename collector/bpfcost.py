@@ -5,9 +5,9 @@ counted its own process's CPU would leave most of its cost out.
 The kernel keeps per-program run_time_ns only while statistics are enabled.
 BPF_ENABLE_STATS turns them on for as long as we hold the fd it returns (so
 nothing stays switched on after gpuscope exits, even if it is killed); each
-program's total is then in /proc/self/fdinfo/FD of its fd. The cost of the
-statistics themselves (two clock reads per program run) is measured in
-bench/bench_overhead.py.
+program's total is then in /proc/self/fdinfo/FD of its fd. The statistics
+themselves cost two clock reads per program run (measured in
+bench/bench_overhead.py), so they are kept on only part of the time.
 """
 
 from __future__ import annotations
@@ -56,23 +56,53 @@ def _run_time_ns(fd: int) -> int:
 
 
 class BpfRunTime:
-    """Total run time, seconds, of this process's BPF programs since it enabled
-    the statistics. available is False when the kernel would not enable them."""
+    """Run time, seconds, of this process's BPF programs since it started measuring.
 
-    def __init__(self, refresh_s: float = 5.0):
-        self._stats_fd = enable_stats()
-        self.available = self._stats_fd is not None
+    Statistics cost about 40-50 ns per program run (bench_overhead), on every
+    traced syscall of the machine, so by default they are on for on_s out of every
+    period_s and the total is extrapolated from the rate measured in those windows
+    (duty=None: always on, the exact total). available is False when the kernel
+    would not enable them.
+    """
+
+    def __init__(self, refresh_s: float = 5.0, duty: tuple[float, float] | None = (1.0, 10.0)):
+        self._duty = duty
         self._fds: list[int] = []
         self._fds_at = -1e9
         self._refresh_s = refresh_s
+        self._stats_fd = enable_stats()
+        self.available = self._stats_fd is not None
+        now = time.monotonic()
+        self._start = self._since = now
+        self._base = self._total_ns() if self.available else 0
+        self._measured_ns = 0  # run time inside the on-windows
+        self._measured_s = 0.0  # their length
+
+    def _total_ns(self) -> int:
+        now = time.monotonic()
+        if now - self._fds_at > self._refresh_s:  # programs are loaded and unloaded rarely
+            self._fds, self._fds_at = _prog_fds(), now
+        return sum(_run_time_ns(fd) for fd in self._fds)
 
     def seconds(self) -> float:
         if not self.available:
             return 0.0
+        if self._duty is None:
+            return (self._total_ns() - self._base) / 1e9
+        on_s, period_s = self._duty
         now = time.monotonic()
-        if now - self._fds_at > self._refresh_s:  # programs are loaded and unloaded rarely
-            self._fds, self._fds_at = _prog_fds(), now
-        return sum(_run_time_ns(fd) for fd in self._fds) / 1e9
+        if self._stats_fd is not None and now - self._since >= on_s:
+            self._measured_ns += self._total_ns() - self._base
+            self._measured_s += now - self._since
+            os.close(self._stats_fd)
+            self._stats_fd, self._since = None, now
+        elif self._stats_fd is None and now - self._since >= period_s - on_s:
+            self._stats_fd = enable_stats()
+            self._since = now
+            self._base = self._total_ns()
+        if not self._measured_s:
+            return 0.0
+        return self._measured_ns / 1e9 / self._measured_s * (now - self._start)
 
     def close(self) -> None:
         if self._stats_fd is not None:

@@ -114,7 +114,7 @@ def test_bpf_run_time_of_own_programs():
     """BPF_ENABLE_STATS on while we hold its fd; a program of ours that runs shows
     run time in its fdinfo."""
     bcc = pytest.importorskip("bcc")
-    rt = BpfRunTime(refresh_s=0)
+    rt = BpfRunTime(refresh_s=0, duty=None)
     if not rt.available:
         pytest.skip("the kernel would not enable BPF run-time statistics")
     prog = bcc.BPF(text="TRACEPOINT_PROBE(syscalls, sys_enter_getppid) { return 0; }")
@@ -123,6 +123,14 @@ def test_bpf_run_time_of_own_programs():
         for _ in range(20000):
             os.getppid()
         assert rt.seconds() > before
+        # Duty-cycled (the default): measured in its on-windows, extrapolated.
+        cycled = BpfRunTime(refresh_s=0, duty=(0.2, 0.4))
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            os.getppid()
+            cycled.seconds()
+        assert cycled.seconds() > 0
+        cycled.close()
     finally:
         prog.cleanup()
         rt.close()
