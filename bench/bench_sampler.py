@@ -62,10 +62,10 @@ def spawn(cmd: list[str]) -> subprocess.Popen:
     return proc
 
 
-def ours(pid: int, rate: float, seconds: float) -> dict:
+def ours(pid: int, rate: float, seconds: float, pids: list[int] | None = None) -> dict:
     s = PythonSampler(rate_hz=rate)
     c0, t0 = time.process_time(), time.monotonic()
-    s.start([pid])
+    s.start(pids or [pid])
     n = 0
     end = t0 + seconds
     while time.monotonic() < end:
@@ -76,7 +76,7 @@ def ours(pid: int, rate: float, seconds: float) -> dict:
     ticks = max(stats["ticks"], 1)
     return {"rate": stats["ticks"] / wall, "threads": stats["threads"], "cpu_per_sample_us": cpu / ticks * 1e6,
             "cpu_share": cpu / wall, "thread_samples": n, "lost": stats["lost"],
-            "late": stats["late"]}
+            "late": stats["late"], "reused": stats.get("reused", 0)}
 
 
 def pyspy(pid: int, rate: float, seconds: float, threads: int) -> dict | None:
@@ -159,6 +159,29 @@ def collector_contention(pid: int, rate: float, seconds: float) -> float:
     return n / seconds
 
 
+def job_cpu_per_tick(seconds: float) -> None:
+    """The input-bound job of bench_overhead (a main loop and one worker, both busy, 5
+    Python threads in 2 processes) at 100 Hz: every thread wakes often, so little is reused."""
+    from gpuscope.probes import procfs
+
+    with tempfile.TemporaryDirectory() as d:
+        job = subprocess.Popen([sys.executable, str(ROOT / "samples/overhead_job.py"), "--mode", "input",
+                                "--log", os.path.join(d, "steps.jsonl")], stdout=subprocess.PIPE, text=True,
+                               start_new_session=True)
+        try:
+            job.stdout.readline()
+            time.sleep(2)
+            pids = procfs.descendants(job.pid)
+            for _ in range(2):
+                a = ours(job.pid, 100, seconds, pids)
+                print(f"100 Hz: {a['cpu_per_sample_us']:6.0f} µs CPU per tick ({a['threads']} threads), "
+                      f"{a['cpu_share']:.1%} of a core, reused {a['reused']} of {a['thread_samples']}, "
+                      f"lost {a['lost']}")
+        finally:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--python", default=pick_python())
@@ -195,6 +218,9 @@ def main() -> None:
     finally:
         target.kill()
         target.wait()
+
+    print("\n== CPU per tick on a busy DataLoader job (samples/overhead_job.py --mode input) ==")
+    job_cpu_per_tick(sec)
 
     print("\n== Target slowdown: CPU-bound loop, median iterations per 0.25 s ==")
     loop = spawn([args.python, "-c", LOOP])

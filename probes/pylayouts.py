@@ -65,6 +65,10 @@ class Layout:
     # PyUnicodeObject data offsets: sizeof(PyASCIIObject), sizeof(PyCompactUnicodeObject)
     str_ascii_data: int
     str_compact_data: int
+    # 3.13's instr_ptr is the instruction about to run (3.11/3.12's prev_instr the last
+    # one run): a frame whose instr_ptr is still at _co_firsttraceable (RESUME) has
+    # not started.
+    instr_is_next: bool = False
     bytes_data: int = 32  # PyBytesObject.ob_sval
     ob_type: int = 8
     ob_size: int = 16
@@ -155,6 +159,7 @@ PY313 = Layout(
     code_firstlineno=68, code_filename=112, code_name=120, code_qualname=128,
     code_linetable=136, code_firsttraceable=184, code_adaptive=200,
     linetable_format="locations311", str_ascii_data=40, str_compact_data=56,
+    instr_is_next=True,
 )
 
 _TABLES = {(3, 10): PY310, (3, 11): PY311, (3, 12): PY312, (3, 13): PY313}

@@ -3,68 +3,50 @@
 The target keeps running while we read, so every sample is a set of reads of
 memory that may be changing. Consistency comes from: whole-struct reads, the
 thread's data-stack chunk copied in one read (3.11+), code objects type-checked
-against &PyCode_Type and re-read in one batched readv per thread, instruction
-bounds, cycle detection, a depth cap, and a final re-read of the thread's
-current-frame pointer; any doubt makes the stack torn (retried by the caller,
-then counted lost) — never a wrong stack.
+against &PyCode_Type and re-read in one batched readv, instruction bounds, cycle
+detection, a depth cap, and a final re-read of the thread's current-frame
+pointer; any doubt makes the stack torn (retried by the caller, then counted
+lost) — never a wrong stack.
 
-Code objects are cached by address with a signature of their header (names,
-line table, first line), so a freed-and-reused address is noticed.
+Cost (each process_vm_readv from Python is several µs, and so is the walk): a
+tick reads the thread list in one syscall (the tstates seen last time, checked
+against their own next pointers), the idle threads' frame pointers and data-stack
+chunks in one, and their re-checks in one (a running thread gets its own two, to
+keep its copy and re-check close together). A thread that has not been
+on a CPU since its last walk (the caller's probe: same scheduler run count and
+run time, not running now) cannot have changed its stack, so its last stack is
+reused, and counted as such.
 """
 
 from __future__ import annotations
 
-import bisect
-import os
 import struct
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from .events import Frame
 from .procmem import ProcessGone, ProcessMemory, ReadError
-from .pylines import parse_lnotab310, parse_locations311
+from .pycode import CodeCache, Torn
 from .pyruntime import Runtime
+from .pytids import TidMap
 
 MAX_DEPTH = 4096
 MAX_THREADS = 4096
 MAX_CHUNK_COPY = 1 << 20
+# DataLoader plumbing threads (queue feeders, pin-memory, fd sharing): while idle and
+# unchanged they are walked every THIN_EVERY-th tick; the verdict never reads them.
+THIN_EVERY = 4
+_PLUMBING = (("multiprocessing/queues.py", "_feed"),
+             ("torch/utils/data/_utils/pin_memory.py", "_pin_memory_loop"),
+             ("multiprocessing/resource_sharer.py", "_serve"))
 _u64 = struct.Struct("<Q").unpack_from
-_i64 = struct.Struct("<q").unpack_from
 _i32 = struct.Struct("<i").unpack_from
 _u32 = struct.Struct("<I").unpack_from
 
-
-class Torn(Exception):
-    """The stack changed (or looked inconsistent) while we read it."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass
-class CodeInfo:
-    sig: bytes  # header bytes the entry was built from
-    function: str
-    file: str
-    firstlineno: int
-    starts: list[int]  # line table ranges in code units, sorted by start
-    ends: list[int]
-    lines: list[int]
-    n_units: int  # code size in code units (bound for the instruction index)
-    firsttraceable: int
-    line_cache: dict[int, int] = field(default_factory=dict)
-
-    def line(self, idx: int) -> int:
-        line = self.line_cache.get(idx)
-        if line is None:
-            k = bisect.bisect_right(self.starts, idx) - 1
-            line = self.lines[k] if k >= 0 and idx < self.ends[k] else -1
-            if line < 0:
-                line = self.firstlineno if idx < 0 else 0
-            if len(self.line_cache) < 4096:
-                self.line_cache[idx] = line
-        return line
+# probe(tid) -> (state letter, run key) or None when tid is not a live thread. The key
+# changes whenever the thread has been on a CPU (e.g. /proc's schedstat line).
+Probe = Callable[[int], "tuple[str, object] | None"]
 
 
 @dataclass
@@ -75,10 +57,22 @@ class ThreadStack:
     frames: tuple[Frame, ...] | None  # innermost last; None when lost
     error: str | None = None
     ts: int = 0  # CLOCK_MONOTONIC ns when the walk of this thread began
+    state: str | None = None  # the probe's state letter (None: not probed, or gone)
+    reused: bool = False  # the thread had not run: its previous stack
+    # frames None and error "thinned": an idle plumbing thread skipped this tick
+
+
+def _plumbing(frames: tuple[Frame, ...]) -> bool:
+    return any(f.file.endswith(path) and f.function.rsplit(".", 1)[-1] == fn
+               for f in frames for path, fn in _PLUMBING)
 
 
 class Walker:
     """Reads all thread stacks of one process. Not thread-safe; one per pid."""
+
+    @property
+    def tid_note(self) -> str | None:
+        return self.tids.note
 
     def __init__(self, rt: Runtime, mem: ProcessMemory | None = None):
         self.rt = rt
@@ -88,12 +82,15 @@ class Walker:
         self._frame_read = self.L.frame_read
         self._tstate_read = self.L.tstate_read
         self._code_read = self.L.code_read
-        self.codes: dict[int, CodeInfo] = {}
+        self.code_cache = CodeCache(self.L, self.mem, rt.code_type)
         self._interps: list[int] = []
         self._interps_at = 0.0
         self._gil_struct: dict[int, int] = {}
-        self._tid_off: int | None = None  # 3.10: offset of the TID in glibc's struct pthread
-        self.tid_note: str | None = None
+        self._known: dict[int, list[int]] = {}  # interp -> tstate addresses last seen
+        self._last: dict[int, tuple[object, ThreadStack]] = {}  # tstate -> (run key, stack)
+        self._idle_plumbing: dict[int, int] = {}  # tstate -> walks in a row, idle, same stack
+        self._ticks = 0
+        self.tids = TidMap(self.L, self.mem, self.pid)
 
     # ---- interpreters and threads -------------------------------------------------
 
@@ -109,7 +106,9 @@ class Walker:
         return self._interps
 
     def _thread_list(self, interp: int) -> tuple[list[tuple[int, bytes]], int]:
-        """[(tstate address, tstate bytes)] newest first, and the GIL holder's tstate."""
+        """[(tstate address, tstate bytes)] newest first, and the GIL holder's tstate.
+        The tstates seen last time are read with the list head in one syscall; if
+        their next pointers still chain from the head to the end, that is the list."""
         L, mem = self.L, self.mem
         spans = [(interp + L.interp_threads_head, 8)]
         if L.runtime_tstate_current is not None:
@@ -119,16 +118,24 @@ class Walker:
             if gil is None:
                 gil = self._gil_struct[interp] = _u64(mem.read(interp + L.interp_gil_ptr, 8))[0]
             spans.append((gil, max(L.gil_last_holder, L.gil_locked) + 8))
+        fixed = len(spans)
+        known = self._known.get(interp, [])
+        spans += [(a, self._tstate_read) for a in known]
         got = mem.read_many(spans)
-        if any(g is None for g in got):
+        if any(g is None for g in got[:fixed]):
             raise Torn("interpreter state unreadable")
         head = _u64(got[0])[0]
         holder = 0
         if L.runtime_tstate_current is not None:
             holder = _u64(got[1])[0]
-        elif len(got) > 1:
+        elif fixed > 1:
             if _i32(got[1], L.gil_locked)[0]:
                 holder = _u64(got[1], L.gil_last_holder)[0]
+        tbs = got[fixed:]
+        if (known and head == known[0] and all(b is not None for b in tbs)
+                and all(_u64(b, L.tstate_next)[0] == (known[i + 1] if i + 1 < len(known) else 0)
+                        for i, b in enumerate(tbs))):
+            return list(zip(known, tbs, strict=True)), holder
         out: list[tuple[int, bytes]] = []
         seen: set[int] = set()
         addr = head
@@ -139,16 +146,23 @@ class Walker:
             b = mem.read(addr, self._tstate_read)
             out.append((addr, b))
             addr = _u64(b, L.tstate_next)[0]
+        self._known[interp] = [a for a, _ in out]
         return out, holder
 
     # ---- one snapshot --------------------------------------------------------------
 
-    def sample(self, retries: int = 3) -> tuple[list[ThreadStack], dict[str, int]]:
+    def sample(self, retries: int = 3, probe: Probe | None = None
+               ) -> tuple[list[ThreadStack], dict[str, int]]:
         """Every thread's stack now. Returns (stacks, lost counts by reason); a stack
-        that stays torn after `retries` attempts comes back with frames=None."""
+        that stays torn after `retries` attempts comes back with frames=None. With a
+        probe, a thread it says is gone is not walked (state None, frames None), and
+        one that has not run since its last walk gets its last stack (reused)."""
         lost: dict[str, int] = {}
         out: list[ThreadStack] = []
+        live: set[int] = set()
+        self._ticks += 1
         for interp in self.interpreters():
+            threads, holder = [], 0
             for attempt in range(retries):
                 try:
                     threads, holder = self._thread_list(interp)
@@ -156,86 +170,203 @@ class Walker:
                 except (Torn, ReadError) as e:
                     if isinstance(e, ProcessGone):
                         raise
+                    self._known.pop(interp, None)
                     if attempt == retries - 1:
                         lost["thread list"] = lost.get("thread list", 0) + 1
-                        threads, holder = [], 0
-            if self.L.tstate_native_tid is None and self._tid_off is None and threads:
-                self._calibrate_tid(threads)
+            if self.L.tstate_native_tid is None and self.tids.off is None and threads:
+                self.tids.calibrate(threads)
+            todo: list[tuple[int, bytes, str | None, object]] = []
             for addr, tb in threads:
-                stack = None
-                for _attempt in range(retries):
-                    try:
-                        stack = self._walk(addr, tb, holder)
-                        break
-                    except (Torn, ReadError) as e:
-                        if isinstance(e, ProcessGone):
-                            raise
-                        err = e.reason if isinstance(e, Torn) else "read failed"
-                        try:  # re-read the thread state: it may have moved on
-                            tb = self.mem.read(addr, self._tstate_read)
-                        except ReadError:
-                            break
-                if stack is None:
-                    lost[err] = lost.get(err, 0) + 1
-                    stack = ThreadStack(self._tid_fallback(tb), addr, False, None, err, time.monotonic_ns())
-                out.append(stack)
+                live.add(addr)
+                tid = self.tids.known(addr, tb)
+                st = key = None
+                if probe is not None and tid is not None:
+                    r = probe(tid)
+                    if r is None:  # exited, or a pre-fork thread state: not ours
+                        out.append(ThreadStack(tid, addr, False, None, "gone", time.monotonic_ns()))
+                        continue
+                    st, key = r
+                    prev = self._last.get(addr)
+                    if prev is not None and st != "R" and prev[0] == key and prev[1].tid == tid:
+                        s = prev[1]
+                        out.append(ThreadStack(tid, addr, self._gil(addr, tb, holder), s.frames,
+                                               None, time.monotonic_ns(), st, True))
+                        continue
+                    if (st != "R" and self._idle_plumbing.get(addr, 0) >= 2
+                            and (self._ticks + addr // 64) % THIN_EVERY):
+                        out.append(ThreadStack(tid, addr, False, None, "thinned", time.monotonic_ns(), st))
+                        continue
+                todo.append((addr, tb, st, key))
+            out += self._walk_all(todo, holder, retries, lost)
+        for addr in [a for a in self._last if a not in live]:
+            del self._last[addr]
+        for addr in [a for a in self._idle_plumbing if a not in live]:
+            del self._idle_plumbing[addr]
         return out, lost
 
-    # ---- one thread ----------------------------------------------------------------
+    def _walk_all(self, todo, holder: int, retries: int, lost: dict[str, int]) -> list[ThreadStack]:
+        """Walk these threads with batched reads; one that comes out torn is walked
+        again on its own (re-reading its tstate) up to `retries` times."""
+        out = []
+        # Threads on a CPU are walked one by one (the shorter the time between copy and
+        # re-check, the fewer torn stacks); the others share their syscalls.
+        batch = [(a, tb) for a, tb, st, _ in todo if st != "R"]
+        walked = dict(zip((a for a, _ in batch), self._walk_batch(batch, holder) if batch else [],
+                          strict=True))
+        got = [walked[a] if a in walked else self._walk_batch([(a, tb)], holder)[0]
+               for a, tb, _, _ in todo]
+        for (addr, tb, st, key), stack in zip(todo, got, strict=True):
+            err = "torn stack"
+            if isinstance(stack, Exception):
+                err = stack.reason if isinstance(stack, Torn) else "read failed"
+                stack = None
+                for _attempt in range(retries - 1):
+                    try:
+                        tb = self.mem.read(addr, self._tstate_read)  # it may have moved on
+                    except ProcessGone:
+                        raise
+                    except ReadError:
+                        break
+                    try:
+                        stack = self._walk_batch([(addr, tb)], holder)[0]
+                    except ProcessGone:
+                        raise
+                    if not isinstance(stack, Exception):
+                        break
+                    err = stack.reason if isinstance(stack, Torn) else "read failed"
+                    stack = None
+            if stack is None:
+                lost[err] = lost.get(err, 0) + 1
+                stack = ThreadStack(self.tids.fallback(tb), addr, False, None, err, time.monotonic_ns())
+            elif key is not None:
+                prev = self._last.get(addr)
+                same = prev is not None and prev[1].frames == stack.frames
+                if st != "R" and same and _plumbing(stack.frames):
+                    self._idle_plumbing[addr] = self._idle_plumbing.get(addr, 0) + 1
+                else:
+                    self._idle_plumbing.pop(addr, None)
+                self._last[addr] = (key, stack)
+            stack.state = st
+            out.append(stack)
+        return out
 
-    def _frame_ptr_loc(self, tb: bytes) -> int | None:
-        """Where the current frame pointer lives: in a _PyCFrame (3.11/3.12) or the tstate."""
-        if self.L.cframe_current_frame is None:
-            return None
-        return _u64(tb, self.L.tstate_frame)[0] + self.L.cframe_current_frame
+    # ---- threads' stacks, batched ---------------------------------------------------
 
-    def _walk(self, tstate: int, tb: bytes, holder: int) -> ThreadStack:
+    def _gil(self, tstate: int, tb: bytes, holder: int) -> bool:
+        if self.L.holds_gil_bit is not None:
+            return bool(_u32(tb, self.L.tstate_status)[0] >> self.L.holds_gil_bit & 1)
+        return tstate == holder
+
+    def _walk_batch(self, threads: list[tuple[int, bytes]], holder: int) -> list:
+        """ThreadStack, or the Torn/ReadError that sank it, for each (tstate, bytes).
+        Three syscalls for all of them: frame pointers and data-stack chunks; (frames
+        outside the chunks, rare, one each); then the re-check of everything."""
         L, mem = self.L, self.mem
-        ts = time.monotonic_ns()
-        loc = self._frame_ptr_loc(tb)
-        if loc is None:
-            loc = tstate + L.tstate_frame
-            cur = _u64(tb, L.tstate_frame)[0]
-        elif loc == L.cframe_current_frame:  # cframe NULL
-            cur = 0
-        else:
-            cur = _u64(mem.read(loc, 8))[0]
-        if L.holds_gil_bit is not None:
-            gil = bool(_u32(tb, L.tstate_status)[0] >> L.holds_gil_bit & 1)
-        else:
-            gil = tstate == holder
-        raw = self._raw_frames(cur, tb)
-        # One batched read re-checks everything the walk relied on: the frame pointer,
-        # every frame (the chain may have changed while we followed it), the code
-        # headers, and (3.10) the TID. A chain that reads the same twice, the second
-        # time within one syscall, existed as a whole.
-        codes = list(dict.fromkeys(r[1] for r in raw if r[3]))
-        spans = [(loc, 8)] + [(r[0], self._frame_read) for r in raw] + [(c, self._code_read) for c in codes]
-        if L.tstate_native_tid is None:
-            spans.append((_u64(tb, L.tstate_thread_id)[0] + (self._tid_off or 0), 4))
-        got = mem.read_many(spans)
-        if got[0] is None or _u64(got[0])[0] != cur:
+        # 1. where each thread's current frame pointer lives, and its data-stack chunk
+        spans, plan = [], []
+        for tstate, tb in threads:
+            if L.cframe_current_frame is None:  # the pointer is in the tstate itself
+                loc, cur = tstate + L.tstate_frame, _u64(tb, L.tstate_frame)[0]
+            else:  # in a _PyCFrame (3.11/3.12)
+                loc, cur = _u64(tb, L.tstate_frame)[0] + L.cframe_current_frame, None
+            lo = hi = 0
+            if L.tstate_datastack_chunk is not None:
+                lo = _u64(tb, L.tstate_datastack_chunk)[0]
+                hi = _u64(tb, L.tstate_datastack_top)[0]
+                if not (lo and lo < hi and hi - lo <= MAX_CHUNK_COPY):
+                    lo = hi = 0
+            ip = ic = -1
+            if cur is None and loc == L.cframe_current_frame:  # cframe NULL: no frame
+                loc = cur = 0
+            elif cur is None:
+                ip = len(spans)
+                spans.append((loc, 8))
+            if hi:
+                ic = len(spans)
+                spans.append((lo, hi - lo))
+            plan.append((loc, cur, lo, hi, ip, ic))
+        got = mem.read_many(spans) if spans else []
+        # 2. each thread's frame chain, from its chunk where it can
+        results: list = []
+        walks = []
+        for (tstate, tb), (loc, cur, lo, hi, ip, ic) in zip(threads, plan, strict=True):
+            ts = time.monotonic_ns()
+            try:
+                if cur is None:
+                    if ip < 0:
+                        cur = 0
+                    elif got[ip] is None:
+                        raise Torn("frame pointer unreadable")
+                    else:
+                        cur = _u64(got[ip])[0]
+                chunk = got[ic] if ic >= 0 else None
+                if chunk is None or not lo < cur < hi:
+                    chunk, lo, hi = b"", 0, 0
+                raw = self._raw_frames(cur, chunk, lo, hi)
+            except (Torn, ReadError) as e:
+                if isinstance(e, ProcessGone):
+                    raise
+                results.append(e)
+                walks.append(None)
+                continue
+            results.append(None)
+            walks.append((tstate, tb, loc, cur, raw, ts))
+        # 3. one re-read of every pointer, frame and code header the walks relied on
+        spans, slices = [], []
+        for w in walks:
+            if w is None:
+                slices.append(None)
+                continue
+            tstate, tb, loc, cur, raw, _ = w
+            codes = list(dict.fromkeys(r[1] for r in raw if r[3]))
+            start = len(spans)
+            spans.append((loc, 8))  # (loc 0, a NULL cframe: read fails, not checked)
+            spans += [(r[0], self._frame_read) for r in raw]
+            spans += [(c, self._code_read) for c in codes]
+            if L.tstate_native_tid is None:
+                spans.append((_u64(tb, L.tstate_thread_id)[0] + (self.tids.off or 0), 4))
+            slices.append((start, codes))
+        got = mem.read_many(spans) if spans else []
+        for k, w in enumerate(walks):
+            if w is None:
+                continue
+            start, codes = slices[k]
+            try:
+                results[k] = self._finish(w, holder, got, start, codes)
+            except (Torn, ReadError) as e:
+                if isinstance(e, ProcessGone):
+                    raise
+                results[k] = e
+        return results
+
+    def _finish(self, walk, holder: int, got: list, start: int, codes: list[int]) -> ThreadStack:
+        """The stack of one thread, if the re-read matches what its walk used."""
+        L = self.L
+        tstate, tb, loc, cur, raw, ts = walk
+        if loc and (got[start] is None or _u64(got[start])[0] != cur):
             raise Torn("torn stack")
+        fbase = start + 1
         for k, (_addr, code, instr, _keep, prev) in enumerate(raw):
-            fb = got[1 + k]
+            fb = got[fbase + k]
             if (fb is None or _u64(fb, L.frame_code)[0] != code
                     or _u64(fb, L.frame_previous)[0] != prev
                     or k and self._instr(fb) != instr):
                 raise Torn("torn stack")
         infos = {}
-        base = 1 + len(raw)
+        cbase = fbase + len(raw)
         for k, c in enumerate(codes):
-            hdr = got[base + k]
+            hdr = got[cbase + k]
             if hdr is None:
                 raise Torn("code object unreadable")
-            infos[c] = self._code(c, hdr)
+            infos[c] = self.code_cache.get(c, hdr)
         frames = []
-        for _addr, c, instr, keep, _prev in raw:
-            owner = keep - 1
+        interp = L.frame_model != "frameobject"
+        not_started = 1 if L.instr_is_next else 0  # (see Layout.instr_is_next)
+        for k, (_addr, c, instr, keep, _prev) in enumerate(raw):
             if not keep:
                 continue
             info = infos[c]
-            if L.frame_model == "frameobject":
+            if not interp:
                 idx = instr  # f_lasti in code units, -1 before the first instruction
                 if idx < 0:
                     continue  # just pushed, not started: incomplete, like 3.11+'s prologue
@@ -243,39 +374,36 @@ class Walker:
                     raise Torn("instruction out of range")
             else:
                 idx = (instr - c - L.code_adaptive) // 2
-                if owner != L.owner_generator and idx < info.firsttraceable:
+                if keep - 1 != L.owner_generator and idx < info.firsttraceable + (k == 0) * not_started:
                     continue  # incomplete frame, still in its prologue
                 if not 0 <= idx < info.n_units:
                     raise Torn("instruction out of range")
-            frames.append(Frame(info.function, info.file, info.line(idx)))
+            frames.append(info.frame(idx))
         frames.reverse()
         if L.tstate_native_tid is not None:
             tid = _u64(tb, L.tstate_native_tid)[0]
-        elif self._tid_off is not None and got[-1] is not None:
-            tid = _i32(got[-1])[0]
         else:
-            tid = self._tid_fallback(tb)
-        return ThreadStack(tid, tstate, gil, tuple(frames), None, ts)
+            tail = got[cbase + len(codes)]
+            if self.tids.off is not None and tail is not None:
+                tid = _i32(tail)[0]
+                self.tids.remember(tstate, tb, tid)
+            else:
+                tid = self.tids.fallback(tb)
+        return ThreadStack(tid, tstate, self._gil(tstate, tb, holder), tuple(frames), None, ts)
 
     def _instr(self, fb: bytes) -> int:
         if self.L.frame_model == "frameobject":
             return _i32(fb, self.L.frame_instr)[0]
         return _u64(fb, self.L.frame_instr)[0]
 
-    def _raw_frames(self, cur: int, tb: bytes) -> list[tuple[int, int, int, int, int]]:
+    def _raw_frames(self, cur: int, chunk: bytes, lo: int, hi: int) -> list[tuple[int, int, int, int, int]]:
         """[(frame address, code address, instruction, owner + 1 or 0 for a shim to
-        skip, previous)] innermost first."""
+        skip, previous)] innermost first. Frames inside [lo, hi) come from chunk."""
         L, mem = self.L, self.mem
-        lo = hi = 0
-        chunk = b""
-        if L.tstate_datastack_chunk is not None and cur:
-            lo = _u64(tb, L.tstate_datastack_chunk)[0]
-            hi = _u64(tb, L.tstate_datastack_top)[0]
-            if lo and lo < cur < hi and hi - lo <= MAX_CHUNK_COPY:
-                chunk = mem.read(lo, hi - lo)
-            else:
-                lo = hi = 0
         size = self._frame_read
+        code_off, prev_off, owner_off = L.frame_code, L.frame_previous, L.frame_owner
+        frameobject = L.frame_model == "frameobject"
+        skip_min = L.owner_skip_min
         out = []
         seen: set[int] = set()
         addr = cur
@@ -289,99 +417,13 @@ class Walker:
                 fb = chunk[addr - lo : addr - lo + size]
             else:
                 fb = mem.read(addr, size)
-            code = _u64(fb, L.frame_code)[0]
-            prev = _u64(fb, L.frame_previous)[0]
-            if L.frame_model == "frameobject":
+            code = _u64(fb, code_off)[0]
+            prev = _u64(fb, prev_off)[0]
+            if frameobject:
                 keep = 1
             else:
-                owner = fb[L.frame_owner]
-                keep = owner + 1 if L.owner_skip_min is None or owner < L.owner_skip_min else 0
+                owner = fb[owner_off]
+                keep = owner + 1 if skip_min is None or owner < skip_min else 0
             out.append((addr, code, self._instr(fb), keep, prev))
             addr = prev
         return out
-
-    # ---- code objects and strings ----------------------------------------------------
-
-    def _code(self, addr: int, hdr: bytes) -> CodeInfo:
-        L = self.L
-        if _u64(hdr, L.ob_type)[0] != self.rt.code_type:
-            raise Torn("not a code object")
-        sig = hdr[L.ob_type :]
-        info = self.codes.get(addr)
-        if info is not None and info.sig == sig:
-            return info
-        mem = self.mem
-        name_ptr = _u64(hdr, L.code_qualname if L.code_qualname is not None else L.code_name)[0]
-        function = self.read_str(name_ptr)
-        filename = self.read_str(_u64(hdr, L.code_filename)[0])
-        first = _i32(hdr, L.code_firstlineno)[0]
-        table_ptr = _u64(hdr, L.code_linetable)[0]
-        size = _i64(mem.read(table_ptr + L.ob_size, 8))[0]
-        if not 0 <= size < 1 << 24:
-            raise Torn("bad line table")
-        table = mem.read(table_ptr + L.bytes_data, size)
-        try:
-            if L.linetable_format == "lnotab310":
-                starts, ends, lines, n_units = parse_lnotab310(table, first)
-            else:
-                starts, ends, lines, n_units = parse_locations311(table, first)
-        except (ValueError, IndexError) as e:
-            raise Torn("bad line table") from e
-        if L.frame_model == "interpframe":
-            n_units = _i64(hdr, L.ob_size)[0]  # code units in co_code_adaptive
-        ft = _i32(hdr, L.code_firsttraceable)[0] if L.code_firsttraceable is not None else 0
-        info = CodeInfo(sig, function, filename, first, starts, ends, lines, n_units, ft)
-        if len(self.codes) > 100_000:
-            self.codes.clear()
-        self.codes[addr] = info
-        return info
-
-    def read_str(self, addr: int) -> str:
-        """A compact str object's text (kind and ascii bits honoured)."""
-        L = self.L
-        hdr = self.mem.read(addr, L.str_compact_data)
-        length = _i64(hdr, 16)[0]
-        state = _u32(hdr, 32)[0]
-        kind, compact, ascii_ = (state >> 2) & 7, (state >> 5) & 1, (state >> 6) & 1
-        if not compact or kind not in (1, 2, 4) or not 0 <= length < 1 << 20:
-            raise Torn("bad string")
-        data = self.mem.read(addr + (L.str_ascii_data if ascii_ else L.str_compact_data), length * kind)
-        enc = {1: "latin-1", 2: "utf-16-le", 4: "utf-32-le"}[kind]
-        try:
-            return data.decode(enc)
-        except UnicodeDecodeError as e:
-            raise Torn("bad string") from e
-
-    # ---- 3.10 thread ids -----------------------------------------------------------
-
-    def _calibrate_tid(self, threads: list[tuple[int, bytes]]) -> None:
-        """3.10 has only pthread_t; the kernel TID sits inside glibc's struct pthread
-        (offset 720 on glibc 2.36). Find the offset where the main thread's struct holds
-        our pid and every other thread's holds one of our TIDs."""
-        try:
-            tids = {int(t) for t in os.listdir(f"/proc/{self.pid}/task")}
-            blobs = [self.mem.read(_u64(tb, self.L.tstate_thread_id)[0], 2048) for _, tb in threads]
-        except (OSError, ReadError):
-            return
-        main = blobs[-1]  # the oldest thread state: the main thread
-        offs = [720] + [o for o in range(0, 2048 - 4, 4) if o != 720]
-        for off in offs:
-            if _i32(main, off)[0] != self.pid:
-                continue
-            vals = [_i32(b, off)[0] for b in blobs]
-            if all(v in tids for v in vals) and len(set(vals)) == len(vals):
-                self._tid_off = off
-                if off != 720:
-                    self.tid_note = f"pthread TID offset is {off}, not glibc 2.36's 720"
-                return
-        self.tid_note = "could not map pthread_t to kernel TIDs; thread ids are pthread_t values"
-
-    def _tid_fallback(self, tb: bytes) -> int:
-        if self.L.tstate_native_tid is not None:
-            return _u64(tb, self.L.tstate_native_tid)[0]
-        if self._tid_off is not None:
-            try:
-                return _i32(self.mem.read(_u64(tb, self.L.tstate_thread_id)[0] + self._tid_off, 4))[0]
-            except ReadError:
-                return 0
-        return _u64(tb, self.L.tstate_thread_id)[0]

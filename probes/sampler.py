@@ -1,12 +1,18 @@
 """PythonSampler: every thread's Python stack of every tracked process, at a fixed rate.
 
-A background thread ticks at rate_hz; each tick walks all threads of all tracked
-pids (pystack.Walker) and tags each stack with the thread's kernel state
+A background thread ticks at the current rate; each tick walks all threads of all
+tracked pids (pystack.Walker) and tags each stack with the thread's kernel state
 (running/idle, from /proc/PID/task/TID/stat read through a kept-open fd) and
-whether it holds the GIL. Samples and losses are queued for poll(). A tick that
-cannot start on time is counted late and skipped, so the achieved rate is
-honest. ctypes releases the GIL during each process_vm_readv, but the walk
-itself is Python: at 1 kHz it competes with the collector's other threads.
+whether it holds the GIL. schedstat (read beside stat) tells whether a thread has
+been on a CPU since its last walk; if not, its last stack is reused (stats
+"reused"). Idle DataLoader plumbing threads are walked every 4th tick ("thinned").
+Samples and losses are queued for poll(). A tick that cannot start on time is
+counted late and skipped, so the achieved rate is honest. ctypes releases the GIL
+during each process_vm_readv, but the walk itself is Python: at 1 kHz it competes
+with the collector's other threads.
+
+The overhead budget's knob: levels() / set_level(n) lower the rate (LEVEL_SCALE);
+each change is a CounterSample on RATE_TRACK in the stream.
 """
 
 from __future__ import annotations
@@ -16,46 +22,18 @@ import threading
 import time
 from collections.abc import Iterable
 
-from .events import Event, Frame, Loss, StackSample
+from .events import CounterSample, Event, Frame, Loss, StackSample
 from .procmem import NoPermission, ProcessGone, ProcessMemory, ReadError
 from .pyruntime import NotPython, Runtime, UnsupportedVersion, find_runtime, runtime_for_child
 from .pystack import Walker
 from .source import Source, SourceError, SourceStats
+from .threadstates import ThreadStates
 
 MAX_QUEUED = 1_000_000
-
-
-class ThreadStates:
-    """Kernel scheduler state per thread via pread on kept-open stat files (one syscall)."""
-
-    def __init__(self):
-        self._fds: dict[tuple[int, int], int] = {}
-
-    def state(self, pid: int, tid: int) -> str | None:
-        """The stat state letter ('R', 'S', 'D', ...), or None if tid is not a live
-        thread of pid (exited, or a stale thread state left behind by fork)."""
-        key = (pid, tid)
-        fd = self._fds.get(key)
-        try:
-            if fd is None:
-                fd = self._fds[key] = os.open(f"/proc/{pid}/task/{tid}/stat", os.O_RDONLY)
-            data = os.pread(fd, 512, 0)
-        except OSError:
-            self.forget(pid, tid)
-            return None
-        i = data.rfind(b")")
-        return chr(data[i + 2]) if 0 <= i < len(data) - 2 else None
-
-    def forget(self, pid: int, tid: int | None = None) -> None:
-        for key in [k for k in self._fds if k[0] == pid and (tid is None or k[1] == tid)]:
-            os.close(self._fds.pop(key))
-
-    def keep_only(self, live: set[tuple[int, int]]) -> None:
-        for key in [k for k in self._fds if k not in live]:
-            os.close(self._fds.pop(key))
-
-    def close(self) -> None:
-        self.keep_only(set())
+WAKE_AT = 2000  # queued samples that wake a waiting poll() before its timeout
+# The overhead budget's knob: level n samples at rate_hz * LEVEL_SCALE[n] (100, 50, 25, 10 Hz).
+LEVEL_SCALE = (1.0, 0.5, 0.25, 0.1)
+RATE_TRACK = "python sample rate"
 
 
 class PythonSampler(Source):
@@ -66,7 +44,9 @@ class PythonSampler(Source):
     def __init__(self, rate_hz: float = 100, retries: int = 3):
         if not 0 < rate_hz <= 100_000:
             raise ValueError(f"rate_hz must be in (0, 100000], not {rate_hz}")
-        self.rate_hz = rate_hz
+        self.rate_hz = rate_hz  # the requested (full-detail) rate
+        self.current_hz = rate_hz  # the rate of the current level
+        self.level = 0
         self.retries = retries
         self._walkers: dict[int, Walker] = {}
         self._lock = threading.Lock()
@@ -76,11 +56,14 @@ class PythonSampler(Source):
         self._notices: list[str] = []
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._stop_or_wake = threading.Event()  # set by stop() and set_level()
         self._states = ThreadStates()
         self._failing: dict[int, int] = {}  # pid -> consecutive failed ticks
         self._started_at = 0.0
+        self._expected_before = 0.0  # ticks the earlier levels asked for
+        self._level_since = 0.0
         self._counts = {"events": 0, "lost": 0, "errors": 0, "ticks": 0, "late": 0,
-                        "stale": 0, "threads": 0}
+                        "stale": 0, "threads": 0, "reused": 0, "thinned": 0}
 
     # ---- Source interface ------------------------------------------------------------
 
@@ -91,7 +74,8 @@ class PythonSampler(Source):
             raise SourceError(f"cannot read the memory of pid {', '.join(map(str, denied))}: "
                               "the Python sampler needs root or CAP_SYS_PTRACE "
                               "(process_vm_readv was refused)")
-        self._started_at = time.monotonic()
+        self._started_at = self._level_since = time.monotonic()
+        self._expected_before = 0.0
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="gpuscope-python-sampler", daemon=True)
         self._thread.start()
@@ -125,8 +109,14 @@ class PythonSampler(Source):
             self._lost_pending = {}
         return batch
 
+    def drain(self) -> list[Event]:
+        """What is still queued, at the end of a capture (poll() may not have been
+        woken for it)."""
+        return self.poll(0)
+
     def stop(self) -> None:
         self._stop.set()
+        self._stop_or_wake.set()
         t, self._thread = self._thread, None
         if t is not None and t is not threading.current_thread():
             t.join(timeout=5)
@@ -137,6 +127,8 @@ class PythonSampler(Source):
             out = dict(self._counts)
         elapsed = (time.monotonic() - self._started_at) if self._started_at else 0.0
         out["samples_per_s"] = round(out["ticks"] / elapsed) if elapsed > 0 else 0
+        out["level"] = self.level
+        out["rate_hz"] = self.current_hz
         return SourceStats(events={self.name: out.pop("events")},
                            lost={self.name: out.pop("lost")}, counters=out)
 
@@ -144,14 +136,49 @@ class PythonSampler(Source):
         with self._lock:
             out = list(self._notices)
             ticks, late = self._counts["ticks"], self._counts["late"]
-        elapsed = (time.monotonic() - self._started_at) if self._started_at else 0.0
-        if elapsed >= 1.0 and ticks < 0.9 * self.rate_hz * elapsed:
-            out.append(f"python sampler: achieved {ticks / elapsed:.0f} Hz of the requested "
-                       f"{self.rate_hz:g} Hz ({late} late ticks skipped)")
+            now = time.monotonic()
+            expected = self._expected_ticks(now) if self._started_at else 0.0
+        elapsed = (now - self._started_at) if self._started_at else 0.0
+        if elapsed >= 1.0 and ticks < 0.9 * expected:
+            out.append(f"python sampler: achieved {ticks / elapsed:.0f} Hz of the "
+                       f"{expected / elapsed:.3g} Hz asked for ({late} late ticks skipped)")
         for w in self._snapshot():
             if w.tid_note:
                 out.append(f"python sampler, pid {w.pid}: {w.tid_note}")
         return out
+
+    # ---- the overhead budget's knob ------------------------------------------------
+
+    def levels(self) -> int:
+        return len(LEVEL_SCALE)
+
+    def set_level(self, n: int) -> None:
+        """Sample at a lower rate (n > 0) or the requested one (0). Each change of rate
+        goes into the stream as a counter sample (RATE_TRACK, Hz), so the analysis
+        knows each sample's weight; until the first, the rate is rate_hz."""
+        n = max(0, min(int(n), len(LEVEL_SCALE) - 1))
+        with self._lock:
+            if n == self.level:
+                return
+            now = time.monotonic()
+            if self._started_at:
+                self._expected_before += self.current_hz * (now - self._level_since)
+            self._level_since = now
+            self.level = n
+            self.current_hz = self.rate_hz * LEVEL_SCALE[n]
+        self._rate_event()
+        self._stop_or_wake.set()
+
+    def describe_level(self, n: int) -> str:
+        return f"python sampler {self.rate_hz * LEVEL_SCALE[n]:g} Hz"
+
+    def _rate_event(self) -> None:
+        with self._cond:
+            self._queue.append(CounterSample(RATE_TRACK, "Hz", time.monotonic_ns(), self.current_hz))
+            self._cond.notify_all()
+
+    def _expected_ticks(self, now: float) -> float:
+        return self._expected_before + self.current_hz * (now - self._level_since)
 
     # ---- attaching ---------------------------------------------------------------------
 
@@ -209,12 +236,16 @@ class PythonSampler(Source):
     # ---- the loop ---------------------------------------------------------------------
 
     def _run(self) -> None:
-        period = 1.0 / self.rate_hz
+        period = 1.0 / self.current_hz
         next_t = time.monotonic()
         while not self._stop.is_set():
+            if period != 1.0 / self.current_hz:  # the budget changed the level
+                next_t += 1.0 / self.current_hz - period
+                period = 1.0 / self.current_hz
             now = time.monotonic()
             if now < next_t:
-                self._stop.wait(next_t - now)
+                self._stop_or_wake.wait(next_t - now)
+                self._stop_or_wake.clear()
                 continue
             self._tick()
             next_t += period
@@ -228,12 +259,14 @@ class PythonSampler(Source):
     def _tick(self) -> None:
         samples: list[Event] = []
         lost: dict[str, int] = {}
-        errors = stale = threads = 0
+        errors = stale = threads = reused = thinned = 0
         live: set[tuple[int, int]] = set()
         gone: list[int] = []
+        states = self._states
         for w in self._snapshot():
+            pid = w.pid
             try:
-                stacks, wl = w.sample(self.retries)
+                stacks, wl = w.sample(self.retries, lambda tid, pid=pid: states.probe(pid, tid))
             except ProcessGone:
                 gone.append(w.pid)
                 continue
@@ -249,13 +282,17 @@ class PythonSampler(Source):
                 errors += n
             for s in stacks:
                 threads += 1
-                st = self._states.state(w.pid, s.tid)
+                st = s.state if s.state is not None or s.error == "gone" else states.state(pid, s.tid)
                 if st is None:
                     stale += 1  # thread exited, or a pre-fork thread state: not ours
                     continue
                 live.add((w.pid, s.tid))
+                if s.error == "thinned":
+                    thinned += 1
+                    continue
                 if s.frames is None:
                     continue
+                reused += s.reused
                 running = st == "R"
                 samples.append(StackSample(w.pid, s.tid, s.ts, "running" if running else "idle",
                                            s.gil, s.frames))
@@ -265,6 +302,8 @@ class PythonSampler(Source):
             c["ticks"] += 1
             c["errors"] += errors
             c["stale"] += stale
+            c["reused"] += reused
+            c["thinned"] += thinned
             c["threads"] = threads
             c["lost"] += sum(lost.values())
             for reason, n in lost.items():
@@ -278,7 +317,9 @@ class PythonSampler(Source):
             self._queue.extend(samples)
             for pid in gone:
                 self._walkers.pop(pid, None)
-            if samples or lost:
+            # The collector's pump wakes on its poll timeout anyway: waking it every
+            # tick would cost a thread switch and a GIL hand-over per tick.
+            if len(self._queue) >= WAKE_AT or lost:
                 self._cond.notify_all()
 
     def _maybe_reresolve(self, pid: int) -> None:

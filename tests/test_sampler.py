@@ -320,3 +320,47 @@ def test_target_in_another_mount_namespace(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_threads_that_did_not_run_reuse_their_stack(python):
+    """An idle thread's stack is reused only while it has not run; a reused stack is
+    the one a fresh walk gives (and that walk is checked against py-spy above)."""
+    with target(python, "parked.py") as proc:
+        time.sleep(0.3)  # every thread parked
+        fresh = dump(proc.pid)
+        s = PythonSampler(rate_hz=200)
+        try:
+            s.start([proc.pid])
+            samples = [e for e in collect(s, 0.7) if isinstance(e, StackSample)]
+            stats = s.stats()
+        finally:
+            s.stop()
+    assert stats["reused"] > 0, stats
+    by_tid: dict[int, set] = {}
+    for e in samples:
+        by_tid.setdefault(e.tid, set()).add(e.frames)
+    for tid, stacks in by_tid.items():
+        if "spin_b" in names(fresh[tid]):
+            continue
+        assert stacks == {tuple(fresh[tid])}, (tid, stacks)
+
+
+def test_idle_plumbing_threads_are_thinned_not_lost():
+    """A queue feeder thread that keeps waking but is idle on the same stack whenever
+    it is sampled is walked every THIN_EVERY-th tick (counted as thinned); the main
+    thread keeps the full rate."""
+    from gpuscope.probes.pystack import THIN_EVERY
+
+    with target(sys.executable, "feeder.py") as proc:
+        s = PythonSampler(rate_hz=200)
+        try:
+            s.start([proc.pid])
+            samples = [e for e in collect(s, 1.0) if isinstance(e, StackSample)]
+            stats = s.stats()
+        finally:
+            s.stop()
+    feeder = [e for e in samples if any(n.endswith("._feed") for n in names(e.frames))]
+    main = [e for e in samples if e.tid == proc.pid]
+    assert feeder and main and stats["thinned"] > 0, stats
+    assert len(feeder) < len(main) / 2, (len(feeder), len(main))
+    assert len(feeder) >= len(main) / THIN_EVERY / 2
