@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
@@ -96,7 +97,8 @@ class TraceWriter:
         self.flush_bytes = flush_bytes
         self.bytes_written = 0
         self.packets = 0
-        self._tracks: dict[int, tuple[bytes, bytes, bytes, bytes]] = {}  # uuid -> encoded prefixes
+        # uuid -> encoded prefixes (begin, end, instant, counter) and two lengths
+        self._tracks: dict[int, tuple[bytes, bytes, bytes, bytes, int, int]] = {}
         self._names: dict[str, bytes] = {}       # event name -> encoded name_iid field
         self._pending = bytearray()              # InternedData entries for the next packet
         self._args = Annotations(self._pending)
@@ -164,7 +166,7 @@ class TraceWriter:
     def _descriptor(self, body: bytes) -> None:
         self._packet(f_bytes(PKT["track_descriptor"], body))
 
-    def process_track(self, uuid: int, pid: int, name: str, cmdline: list[str] = ()) -> None:
+    def process_track(self, uuid: int, pid: int, name: str, cmdline: Sequence[str] = ()) -> None:
         proc = f_varint(PD["pid"], pid) + f_str(PD["process_name"], name)
         proc += b"".join(f_str(PD["cmdline"], a) for a in cmdline)
         self._descriptor(f_varint(TD["uuid"], uuid) + f_bytes(TD["process"], proc))
@@ -309,10 +311,10 @@ class TraceWriter:
                     interned += f_bytes(IDATA["mappings"], f_varint(PMAP["iid"], 1)
                                         + f_varint(PMAP["path_string_ids"], 1))
             ids.append(fid)
-        key = tuple(ids)
-        sid = self._stacks.get(key)
+        stack = tuple(ids)
+        sid = self._stacks.get(stack)
         if sid is None:
-            sid = self._stacks[key] = len(self._stacks) + 1
+            sid = self._stacks[stack] = len(self._stacks) + 1
             interned += f_bytes(IDATA["callstacks"], f_varint(PSTACK["iid"], sid)
                                 + b"".join(f_varint(PSTACK["frame_ids"], i) for i in ids))
         tk = self._tracks.get(track) or self._track(track)
@@ -341,10 +343,11 @@ class TraceError(Exception):
         self.offset = offset
 
 
-def split_frames(data: bytes, base: int) -> tuple[int, list[tuple[int, int]], TraceError | None]:
+def split_frames(data: bytes | bytearray, base: int) -> tuple[int, list[tuple[int, int]], TraceError | None]:
     """Complete records in data: (bytes consumed, [(start, end)] of payloads,
     the framing error that stopped the scan, if any)."""
-    out, i, n = [], 0, len(data)
+    out: list[tuple[int, int]] = []
+    i, n = 0, len(data)
     while i < n:
         if data[i] != 0x0A:
             return i, out, TraceError(f"bad record framing at byte {base + i} (0x{data[i]:02x}, "

@@ -250,10 +250,9 @@ class Pipeline:
         must be tracked before its first events), samples are remembered for
         attribution (a sample taken during a span arrives after it)."""
         for ev in batch:
-            t = type(ev)
-            if t is StackSample:
+            if type(ev) is StackSample:
                 self.attribution.remember(ev)
-            elif t is Instant and ev.cat == "proc":
+            elif type(ev) is Instant and ev.cat == "proc":
                 if ev.name == "fork" and self.follow_children:
                     self._add_process(ev.args["child"])
                 elif ev.name == "exec":
@@ -292,11 +291,10 @@ class Pipeline:
     def _annotate(self, ready: list[Event], count_losses: bool = False) -> None:
         hist, annotate, losses = self.attribution.hist, self.attribution.annotate, self._losses
         for ev in ready:
-            t = type(ev)
-            if t is Span:
+            if type(ev) is Span:
                 if ev.tid in hist:
                     annotate(ev)
-            elif t is Loss and count_losses:
+            elif type(ev) is Loss and count_losses:
                 losses[ev.source] = losses.get(ev.source, 0) + ev.count
 
     # -- state ---------------------------------------------------------------

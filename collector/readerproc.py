@@ -33,13 +33,14 @@ def read(path: str, offset: int, interned: list):
                                  stderr=subprocess.DEVNULL)
     except OSError as e:
         raise Died(str(e)) from None
+    stdin, out = child.stdin, child.stdout
+    assert stdin is not None and out is not None   # both are PIPEs
     try:
         try:
-            child.stdin.write(pickle.dumps(interned, protocol=5))
-            child.stdin.close()
+            stdin.write(pickle.dumps(interned, protocol=5))
+            stdin.close()
         except OSError as e:
             raise Died(str(e)) from None
-        out = child.stdout
         while True:
             head = out.read(_LEN.size)
             if len(head) < _LEN.size:
@@ -49,7 +50,7 @@ def read(path: str, offset: int, interned: list):
                 return
             yield msg
     finally:
-        child.stdout.close()
+        out.close()
         child.kill()
         child.wait()
 

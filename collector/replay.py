@@ -49,7 +49,7 @@ def events(path: str):
                     state, _, gil = name.partition(" +")
                     yield StackSample(owner[0], owner[1], ts, state, gil == "GIL", stack)
                 elif tr in procs or owner:
-                    pid = procs.get(tr) or owner[0]
+                    pid = procs.get(tr) or (owner[0] if owner else 0)
                     yield Instant("proc", name, pid, owner[1] if owner else 0, ts,
                                   dict(args or ()))
             elif kind == TRACK:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Iterable
 
 from gpuscope.probes import procfs
 from gpuscope.probes.source import Source
@@ -23,7 +24,7 @@ class Session:
     def __init__(self, pid: int, sources: list[Source], output: str,
                  duration: float | None = None, subprocesses: bool = True,
                  status: StatusLine | None = None, command: list[str] | None = None,
-                 analysis=None, consumers: list[Consumer] = ()):
+                 analysis=None, consumers: Iterable[Consumer] = ()):
         self.pid = pid
         self.sources = sources
         self.output = output
@@ -90,5 +91,7 @@ class Session:
             self.request_stop("target exited")
 
     def _show(self, p: Pipeline) -> None:
-        self.status.update(self.recording.counts, time.monotonic() - self.t0,
-                           len(p.processes), p.stats().total_lost)
+        status, rec = self.status, self.recording   # both set: run() ticks this only then
+        if status and rec:
+            status.update(rec.counts, time.monotonic() - self.t0,
+                          len(p.processes), p.stats().total_lost)

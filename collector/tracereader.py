@@ -156,9 +156,9 @@ def _pending(buf) -> int:
     return 0
 
 
-def _locate_bad_packet(buf: bytes, frames, pos: int):
+def _locate_bad_packet(buf: memoryview, frames, pos: int):
     """((bytes of good records, [their packets]), error) for a chunk that does not decode."""
-    packets = []
+    packets: list = []   # TracePacket messages (a class built at run time)
     for a, b in frames:
         p = TracePacket()
         try:

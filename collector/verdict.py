@@ -9,7 +9,8 @@ from gpuscope.probes.events import VERDICT, Instant, Span
 def verdict_events(analysis, result: dict) -> list:
     """Stall intervals as slices, findings as instants, on the global Verdict track."""
     v = result.get("verdict", {})
-    out = [Span(VERDICT, "waiting for data", 0, 0, a, b) for a, b in analysis.stall_intervals()]
+    out: list[Span | Instant] = [Span(VERDICT, "waiting for data", 0, 0, a, b)
+                                 for a, b in analysis.stall_intervals()]
     window = v.get("window_ns") or [analysis.first_ts, analysis.last_ts]
     for f in v.get("findings", []):
         args = {"title": f["title"], "severity": f["severity"], "fix": f["fix"]}

@@ -18,7 +18,9 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Literal
 
 from .demangle import demangle
 from .events import CUDA, CounterSample, Event, Span
@@ -124,11 +126,12 @@ class CudaProbe(Probe):
             kinds[DRIVER] = DRIVER_SYMBOLS
         self.libs = LibraryAttacher(kinds, REQUIRED)
         self.symbolizer = Symbolizer()
-        self.table = None
+        self.table: Any = None   # BCC's ring buffer table once attached (untyped)
         self.handles: dict[tuple[int, int], str] = {}  # (pid, CUfunction) -> kernel name
         self.rates = Rates()
         self._names: dict[str, str] = {}
-        self._geterror = None  # cudaGetErrorName from a libcudart the target uses
+        # cudaGetErrorName from a libcudart the target uses (None: not looked up yet)
+        self._geterror: Callable[[int], bytes | None] | Literal[False] | None = None
 
     def attach(self, bpf) -> None:
         self.table = bpf[self.ring]

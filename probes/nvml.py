@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from .events import GPU, CounterSample, Event, Instant
 from .source import Source, SourceError, SourceStats
@@ -37,7 +38,7 @@ class NvmlSource(Source):
 
     def __init__(self, interval_s: float = 0.1):
         self.interval_s = interval_s
-        self.nv = None
+        self.nv: Any = None   # the pynvml module once started (it has no type hints)
         self.gpus: list[tuple[int, object, str]] = []   # (index, handle, name)
         self.pids: set[int] = set()
         self.used: dict[int, set[int]] = {}             # gpu index -> target pids seen on it
@@ -166,7 +167,7 @@ class NvmlSource(Source):
                     add("memory used by process", "B", proc.usedGpuMemory, proc.pid)
         since = self._last_proc_ts.get(i, 0)
         samples = t(i, "process utilization", nv.nvmlDeviceGetProcessUtilization, h, since) or []
-        latest: dict[int, object] = {}
+        latest: dict[int, Any] = {}   # pid -> NVML's ctypes process sample
         for s in samples:
             self._last_proc_ts[i] = max(self._last_proc_ts.get(i, 0), s.timeStamp)
             if s.pid in self.pids and (s.pid not in latest or s.timeStamp > latest[s.pid].timeStamp):

@@ -27,11 +27,11 @@ _ts = operator.attrgetter("ts")
 def estimate(ev: Event) -> int:
     t = type(ev)
     n = BASE_BYTES.get(t, DEFAULT_BYTES)
-    if t is Span or t is Instant:
+    if type(ev) is Span or type(ev) is Instant:   # type(ev), not t: mypy narrows ev on it
         for v in ev.args.values():
             if type(v) is str:
                 n += 50 + len(v)
-    elif t is StackSample:
+    elif type(ev) is StackSample:
         n += FRAME_BYTES * len(ev.frames)
     return n
 

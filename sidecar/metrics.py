@@ -126,8 +126,7 @@ class Metrics:
         with self._lock:
             self.events += len(batch)
             for ev in batch:
-                t = type(ev)
-                if t is Span:
+                if type(ev) is Span:
                     cat = ev.cat
                     dur = (ev.end - ev.start) / 1e9
                     if cat == "io":
@@ -166,7 +165,7 @@ class Metrics:
                             inc("gpuscope_cuda_sync_seconds_total", (), dur)
                     elif cat == "nccl":
                         inc("gpuscope_nccl_calls_total")
-                elif t is CounterSample and ev.pid == 0:
+                elif type(ev) is CounterSample and ev.pid == 0:
                     m = GPU_COUNTER.match(ev.track)
                     if m and m.group(2) in GPU_METRICS:
                         metric, scale = GPU_METRICS[m.group(2)]

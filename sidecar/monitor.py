@@ -39,10 +39,9 @@ class Names:
     def feed(self, batch: list[Event]) -> None:
         names = self.names
         for ev in batch:
-            t = type(ev)
-            if t is ThreadName:
+            if type(ev) is ThreadName:
                 names[(ev.pid, ev.tid, ev.is_process)] = ev
-            elif t is Instant and ev.cat == "proc" and ev.name == "exit":
+            elif type(ev) is Instant and ev.cat == "proc" and ev.name == "exit":
                 names.pop((ev.pid, ev.tid, False), None)
                 if ev.args.get("process"):
                     names.pop((ev.pid, ev.pid, True), None)

@@ -221,7 +221,7 @@ class NamespacedKernelProbes(KernelProbes):
             setattr(ev, name, nid)
         if probe.ring == "proc_events" and ev.kind == PROC_EXIT:
             self.exited.append(ev.tid)
-        return bytes(buf[:size])
+        return ct.string_at(buf, size)
 
     def start(self, pids: Iterable[int]) -> None:
         self.pidns.scan()
@@ -290,22 +290,21 @@ class TranslatedSource(Source):
         out = []
         ns = self.pidns.to_ns
         for ev in batch:
-            t = type(ev)
-            if t is CounterSample:
+            if type(ev) is CounterSample:
                 if ev.pid:
                     p = ns(ev.pid)
                     if p is None:
                         self.dropped += 1
                         continue
                     ev.pid = p
-            elif t in (Span, Instant, StackSample, ThreadName):
+            elif isinstance(ev, (Span, Instant, StackSample, ThreadName)):
                 p = ns(ev.pid) if ev.pid else 0
                 tid = ns(ev.tid) if ev.tid else 0
                 if p is None or tid is None:
                     self.dropped += 1
                     continue
                 ev.pid, ev.tid = p, tid
-                if t is Instant and "child" in ev.args:
+                if type(ev) is Instant and "child" in ev.args:
                     ev.args["child"] = ns(ev.args["child"]) or 0
             out.append(ev)
         return out

@@ -19,8 +19,8 @@ import threading
 from collections.abc import Callable
 from urllib.parse import parse_qsl, quote, urlencode
 
-import waitress
 from waitress import wasyncore
+from waitress.server import create_server
 
 TOKEN_IN_TEXT = re.compile(r"(?i)(token(?:=|%3D))[^&;\s\"']*")
 THREADS = 4                    # /metrics, /healthz, a trace download, and one spare
@@ -94,7 +94,7 @@ class Server:
         route_waitress_logs(log)
         self._lock, self._stopping = threading.Lock(), False
         self._map: dict = {}
-        self._server = waitress.create_server(
+        self._server = create_server(
             error_log(app, log), map=self._map, host=host, port=port, threads=THREADS,
             ident="gpuscope", max_request_body_size=MAX_BODY, expose_tracebacks=False,
             asyncore_use_poll=True)   # select() fails on descriptors >= 1024; BPF holds many

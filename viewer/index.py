@@ -88,7 +88,7 @@ class Index:
         """Brings the index up to the trace's current size: in the background
         when much is missing (first build), here otherwise."""
         if self.building():
-            if wait:
+            if wait and self._thread is not None:
                 self._thread.join()
             return
         with self.lock:
@@ -115,5 +115,6 @@ class Index:
         self.progress = (done, total)
 
     def _build(self) -> None:
+        assert self._builder is not None   # refresh() sets it before starting this thread
         with self.lock:
             self._builder.update(self._progress)

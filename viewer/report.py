@@ -22,6 +22,10 @@ def _list(v) -> list:
     return v if isinstance(v, list) else []
 
 
+def _dict(v) -> dict:
+    return v if isinstance(v, dict) else {}
+
+
 def _str(v, limit: int = 2000) -> str:
     return v[:limit] if isinstance(v, str) else ""
 
@@ -34,7 +38,7 @@ def verdict(summary: dict) -> dict | None:
     for f in _list(v.get("findings")):
         if not isinstance(f, dict):
             continue
-        numbers = f.get("numbers") if isinstance(f.get("numbers"), dict) else {}
+        numbers = _dict(f.get("numbers"))
         findings.append({
             "kind": _str(f.get("kind"), 100), "title": _str(f.get("title")),
             "severity": f.get("severity") if f.get("severity") in SEVERITIES else "info",
@@ -102,7 +106,7 @@ def top_files(summary: dict, limit: int = 50) -> list[dict]:
 
 def from_summary(summary: dict | None) -> dict:
     s = summary if isinstance(summary, dict) else {}
-    lost = s.get("lost") if isinstance(s.get("lost"), dict) else {}
+    lost = _dict(s.get("lost"))
     return {"verdict": verdict(s), "steps": steps(s), "flame": flame(s),
             "top_files": top_files(s), "stop_reason": _str(s.get("stop_reason"), 100),
             "lost": sum(x for x in lost.values() if _num(x)) if s else None,

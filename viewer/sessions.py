@@ -93,7 +93,9 @@ def load(directory: str, file_name: str, live_s: float = 30.0) -> Capture | None
     else:
         c.summary, c.summary_error = _summary(c.summary_path)
     s = c.summary or {}
-    target = s.get("target") if isinstance(s.get("target"), dict) else {}
+    target = s.get("target")
+    if not isinstance(target, dict):
+        target = {}
     cmd = target.get("command")
     if isinstance(cmd, list) and cmd:
         c.target = " ".join(str(a) for a in cmd)
