@@ -238,3 +238,40 @@ class OverheadBudget:
     def close(self) -> None:
         if self.bpf is not None:
             self.bpf.close()
+
+
+class PipelineBudget:
+    """Keeps a pipeline within the budget: ticked by it (`pipeline.on_tick(b, 1.0)`),
+    it turns the knobs of whatever sources are attached now (a sidecar re-attaches
+    to a restarted job: a new generation of sources, measured afresh) and puts the
+    budget's counters and level changes into the stream."""
+
+    KNOBS = ("python", "ebpf")   # step order: the sampler's rate first, then kernel detail
+
+    def __init__(self, limit_fraction: float):
+        if not 0 < limit_fraction <= 1:
+            raise ValueError(f"overhead limit must be in (0, 100%], not {100 * limit_fraction:g}%")
+        self.limit = limit_fraction
+        self.budget: OverheadBudget | None = None
+        self._generation = -1
+
+    def __call__(self, p) -> None:
+        if p.target is None:
+            return
+        if p.generation != self._generation:
+            self.close()
+            self._generation = p.generation
+            knobs = [p.source(name) for name in self.KNOBS]
+            self.budget = OverheadBudget(self.limit, [k for k in knobs if hasattr(k, "set_level")],
+                                         target_pids_fn=lambda: sorted(p.live), bpf=BpfRunTime())
+        p.emit(self.budget.tick())
+
+    def state(self) -> dict | None:
+        return self.budget.state() if self.budget is not None else None
+
+    def status(self) -> str:
+        return self.budget.status() if self.budget is not None else ""
+
+    def close(self) -> None:
+        if self.budget is not None:
+            self.budget.close()

@@ -48,12 +48,14 @@ def capture(opts: CaptureOptions, pid: int, on_attached=None, command=None):
         return None
     output = opts.output or default_output(pid)
     check_output(output)
+    from .budget import PipelineBudget
     from .stalls import StallAnalysis
 
     session = Session(pid, build_sources(opts), output, duration=opts.duration,
                       subprocesses=opts.subprocesses,
                       status=None if opts.quiet else StatusLine(), command=command,
-                      analysis=StallAnalysis(pid, rate_hz=opts.rate) if opts.python else None)
+                      analysis=StallAnalysis(pid, rate_hz=opts.rate) if opts.python else None,
+                      budget=PipelineBudget(opts.max_overhead / 100))
     session.install_signal_handlers()
 
     def attached(s):
@@ -86,6 +88,13 @@ def report(cap) -> None:
     for src, lost in sorted(cap.lost.items()):
         if src not in cap.events and lost:
             err.write(f"  {src:<8} LOST {lost}\n")
+    ov = cap.summary.get("overhead")
+    if ov:
+        lowered = sum(1 for c in ov["changes"] if c["reason"] == "over budget")
+        err.write(f"  overhead: gpuscope took {ov['mean_own_cpu_pct']:.1f}% of the machine "
+                  f"(peak {ov['peak_own_cpu_pct']:.1f}%, limit {ov['limit_pct']:g}%)"
+                  + (f"; detail lowered {lowered}x, ended at level {ov['level']} ({ov['detail']})"
+                     if lowered else "") + "\n")
     for note in cap.notices:
         err.write(f"  note: {note}\n")
     if cap.summary.get("verdict"):

@@ -22,6 +22,7 @@ class CaptureOptions:
     nccl: bool = True
     nvml: bool = True
     nvml_hz: float = 10.0
+    max_overhead: float = 2.0       # % of the machine gpuscope may take before it lowers detail
     subprocesses: bool = True       # follow DataLoader workers, ranks
     duration: float | None = None   # seconds; None: until stopped or the target exits
     output: str | None = None       # trace path; None: gpuscope-PID-TIME.pftrace
@@ -58,6 +59,21 @@ def add_probe_flags(p: argparse.ArgumentParser, d: CaptureOptions = CaptureOptio
                    help="poll NVML GPU counters (default on)")
     p.add_argument("--nvml-hz", type=float, default=d.nvml_hz,
                    help=f"NVML polling rate, per second (default {d.nvml_hz:g}{why})")
+    p.add_argument("--max-overhead", type=_percent, default=d.max_overhead, metavar="PCT",
+                   help="CPU gpuscope may take, %% of the whole machine (its own threads and "
+                   "its BPF programs); above it gpuscope lowers its sampling rate and event "
+                   f"detail, and restores them when it can (default {d.max_overhead:g}; "
+                   "100: never lower)")
+
+
+def _percent(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not 0 < v <= 100:   # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage in (0, 100]")
+    return v
 
 
 def add_capture_flags(p: argparse.ArgumentParser) -> None:

@@ -126,6 +126,12 @@ class Pipeline:
     def remove_tick(self, fn) -> None:
         self._ticks = [t for t in self._ticks if t.fn is not fn]
 
+    def emit(self, events: list[Event]) -> None:
+        """Events of gpuscope's own (the overhead budget's) into the stream, merged
+        in time order like a source's batch."""
+        if events:
+            self._queue.put(events)
+
     # -- attach / detach -----------------------------------------------------
     def attach(self, pid: int, sources: list[Source],
                required: Collection[Source] | None = None) -> None:

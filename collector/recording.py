@@ -82,7 +82,7 @@ class Recording:
                 self.notices.append(self.writer.index_error)
 
     def finish(self, reason: str, duration_s: float, stats: SourceStats, processes,
-               notices: list[str], attach_s: float = 0.0) -> Capture:
+               notices: list[str], attach_s: float = 0.0, overhead: dict | None = None) -> Capture:
         """Closes the trace (if not yet) and writes the summary."""
         self.close()
         lost = dict(stats.lost)
@@ -96,7 +96,7 @@ class Recording:
                       notices=list(notices) + self.notices)
         cap.summary = write_summary(cap, pid=self.pid, command=self.command,
                                     writer=self.writer, attach_s=attach_s,
-                                    counts=self.counts, result=self.result)
+                                    counts=self.counts, result=self.result, overhead=overhead)
         return cap
 
 

@@ -24,7 +24,7 @@ class Session:
     def __init__(self, pid: int, sources: list[Source], output: str,
                  duration: float | None = None, subprocesses: bool = True,
                  status: StatusLine | None = None, command: list[str] | None = None,
-                 analysis=None, consumers: Iterable[Consumer] = ()):
+                 analysis=None, consumers: Iterable[Consumer] = (), budget=None):
         self.pid = pid
         self.sources = sources
         self.output = output
@@ -33,6 +33,7 @@ class Session:
         self.command = command or procfs.cmdline(pid)
         self.analysis = analysis      # the stall analysis, fed by the recording
         self.consumers = list(consumers)  # more consumers of the stream (e.g. a viewer index)
+        self.budget = budget          # the overhead budget (budget.PipelineBudget), ticked once a second
         self.stop_reason: str | None = None
         self.pipeline = Pipeline(follow_children=subprocesses)
         self.recording: Recording | None = None
@@ -74,15 +75,20 @@ class Session:
             if on_attached:
                 on_attached(self)
             p.on_tick(self._check, every_s=0)
+            if self.budget is not None:
+                p.on_tick(self.budget, every_s=1.0)
             if self.status:
                 p.on_tick(self._show, every_s=FLUSH_EVERY_S)
             p.run(self._stop)
         finally:
             p.close()
+            if self.budget is not None:
+                self.budget.close()
             if self.status:
                 self.status.done()
         return rec.finish(self.stop_reason or "stopped", time.monotonic() - self.t0,
-                          p.stats(), p.processes, p.notices(), self.attach_s)
+                          p.stats(), p.processes, p.notices(), self.attach_s,
+                          overhead=self.budget.state() if self.budget is not None else None)
 
     def _check(self, _p: Pipeline) -> None:
         if self.duration is not None and time.monotonic() - self.t0 >= self.duration:
@@ -93,5 +99,9 @@ class Session:
     def _show(self, p: Pipeline) -> None:
         status, rec = self.status, self.recording   # both set: run() ticks this only then
         if status and rec:
-            status.update(rec.counts, time.monotonic() - self.t0,
-                          len(p.processes), p.stats().total_lost)
+            st = p.stats()
+            counts = dict(rec.counts)
+            if st.aggregated:   # calls and waits summed in the kernel, not shipped one by one
+                counts["summed"] = sum(st.aggregated.values())
+            status.update(counts, time.monotonic() - self.t0, len(p.processes), st.total_lost,
+                          self.budget.status() if self.budget is not None else "")

@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 from collections import Counter, defaultdict
 
-from gpuscope.probes.events import Instant, Span, StackSample, ThreadName
+from gpuscope.probes.events import CounterSample, Instant, Span, StackSample, ThreadName
+from gpuscope.probes.sampler import RATE_TRACK
 
 from .steps import COMM, COMPUTE, DATA, H2D, SYNC, build_steps, confidence
 
@@ -45,6 +46,7 @@ class StallAnalysis:
         self.root = root_pid
         self.cores = cores or len(os.sched_getaffinity(0)) or 1
         self.period = int(1e9 / rate_hz)  # refined from the samples themselves in result()
+        self.slowest_period = 0           # at the lowest rate the budget set, if it lowered it
         self.main_pid = root_pid    # the process of the training loop: the target, or a rank below it
         self.main_tid: int | None = None
         self.loops: set[int] = set()  # processes running a training loop (DDP ranks)
@@ -82,6 +84,10 @@ class StallAnalysis:
                 self.parent[ev.args["child"]] = ev.pid
             elif t is ThreadName:
                 self.names[ev.tid] = ev.name
+            elif t is CounterSample and ev.track == RATE_TRACK and ev.value > 0:
+                # The overhead budget lowered (or restored) the sampling rate: a sample
+                # may stand for a longer time from now on.
+                self.slowest_period = max(self.slowest_period, int(1e9 / ev.value))
 
     def _span(self, s: Span) -> None:
         if s.cat == "io" and s.name in _DATA_IO and _is_data_file(s.args.get("path")):
@@ -202,7 +208,7 @@ class StallAnalysis:
     def result(self) -> dict:
         gaps = sorted(b[0] - a[0] for a, b in zip(self.main, self.main[1:], strict=False))
         if gaps:
-            self.period = max(1, gaps[len(gaps) // 2])
+            self.period = max(1, gaps[len(gaps) // 2], self.slowest_period)
         steps = build_steps(self.main, self.period)
         wall = sum(s.wall_ns for s in steps)
         phase_ns = Counter()

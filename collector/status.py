@@ -19,7 +19,7 @@ class StatusLine:
         self.shown = False
 
     def update(self, counts: dict[str, int], elapsed_s: float, processes: int,
-               lost: int) -> None:
+               lost: int, overhead: str = "") -> None:
         now = time.monotonic()
         if now - self.last < self.every_s:
             return
@@ -30,7 +30,7 @@ class StatusLine:
                          for k, v in sorted(counts.items()))
         self.prev, self.prev_t = counts, now
         line = (f"gpuscope {elapsed_s:6.1f}s | {rates or 'no events yet'} | "
-                f"{processes} proc | lost {lost}")
+                f"{processes} proc | lost {lost}" + (f" | {overhead}" if overhead else ""))
         if self.tty:
             self.stream.write("\r\x1b[K" + line)
         else:

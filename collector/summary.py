@@ -13,7 +13,7 @@ SCHEMA_VERSION = 1
 
 
 def write_summary(cap, *, pid: int, command: list[str], writer, attach_s: float,
-                  counts: dict[str, int], result: dict) -> dict:
+                  counts: dict[str, int], result: dict, overhead: dict | None = None) -> dict:
     doc = {
         "schema_version": SCHEMA_VERSION,
         "gpuscope": "0.1.0",
@@ -32,6 +32,8 @@ def write_summary(cap, *, pid: int, command: list[str], writer, attach_s: float,
         # Events counted in the kernel rather than shipped one by one, per source.
         "aggregated": cap.aggregated,
         "notices": cap.notices,
+        # gpuscope's own cost and the detail it gave up to stay within --max-overhead.
+        "overhead": overhead,
     }
     # The stall analysis: verdict, steps, stall_frames, main_wait_frames, top_files.
     doc.update(result or {})

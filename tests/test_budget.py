@@ -134,3 +134,36 @@ def test_bpf_run_time_of_own_programs():
     finally:
         prog.cleanup()
         rt.close()
+
+
+def test_attach_keeps_its_budget_and_says_so(parked, tmp_path):
+    """`attach --max-overhead` far below what gpuscope costs: it lowers its detail
+    during the capture, and the status line, the trace and the summary say so."""
+    import json
+
+    import tracecheck
+    from conftest import GPUSCOPE
+
+    out = tmp_path / "b.pftrace"
+    p = subprocess.run(GPUSCOPE + ["attach", "-p", str(parked.pid), "-o", str(out), "-d", "12",
+                                   "--no-nvml", "--max-overhead", "0.0001", "-r", "200"],
+                       capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stderr
+    s = json.loads((tmp_path / "b.summary.json").read_text())
+    ov = s["overhead"]
+    assert ov["limit_pct"] == pytest.approx(0.0001)
+    assert ov["level"] >= 1 and ov["changes"] and ov["changes"][0]["reason"] == "over budget"
+    assert ov["mean_own_cpu_pct"] > ov["limit_pct"]
+    assert "overhead: gpuscope took" in p.stderr and "detail lowered" in p.stderr
+    t = tracecheck.load(str(out))
+    assert [v for _, v in t.counter_named("detail level")][-1] == ov["level"]
+    assert t.counter_named("gpuscope CPU %") and t.counter_named("target CPU %")
+    assert any(i[0].startswith("overhead: level 1 (python sampler 100 Hz)") for i in t.instants)
+    assert [v for _, v in t.counter_named(RATE_TRACK)][0] == 100   # 200 Hz halved
+
+    # A limit that is not a percentage is refused with one line, before attaching.
+    for bad in ("0", "nan", "101", "x"):
+        p = subprocess.run(GPUSCOPE + ["attach", "-p", str(parked.pid), "--max-overhead", bad],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 2 and "Traceback" not in p.stderr
+        assert "not a percentage in (0, 100]" in p.stderr
