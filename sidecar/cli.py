@@ -142,6 +142,7 @@ class Sidecar:
 def run(args) -> int:
     import re
 
+    from gpuscope.collector.budget import PipelineBudget
     from gpuscope.probes.source import SourceError
 
     from .api import create_app, with_viewer
@@ -180,7 +181,8 @@ def run(args) -> int:
     flight = FlightRecorder(args.flight_seconds, args.flight_max_events,
                             args.flight_max_mb << 20)
     monitor = Monitor(lambda: namespaced(build_sources(opts), pidns),
-                      lambda: find_target(match, own_tree()), metrics, flight, log)
+                      lambda: find_target(match, own_tree()), metrics, flight, log,
+                      budget=PipelineBudget(opts.max_overhead / 100))
     captures = Captures(monitor, args.captures, metrics, keep=args.keep,
                         max_duration_s=args.max_duration,
                         analysis_rate_hz=opts.rate if opts.python else None)

@@ -91,6 +91,12 @@ HELP = {
                              "(last stall analysis), 0 for the other causes"),
     "gpuscope_last_verdict_timestamp_seconds": ("gauge", "When the verdict above was computed"),
     "gpuscope_analysis_seconds": ("gauge", "CPU time of the last always-on stall analysis"),
+    "gpuscope_overhead_ratio": ("gauge", "gpuscope's own CPU (its threads and BPF programs) as a "
+                                "share of the machine, over the budget's last window"),
+    "gpuscope_overhead_limit_ratio": ("gauge", "The share of the machine gpuscope may take "
+                                      "(--max-overhead) before it lowers its detail"),
+    "gpuscope_detail_level": ("gauge", "0: full detail; higher: sampling rate or event detail "
+                              "lowered to stay within the overhead limit"),
 }
 
 

@@ -58,8 +58,9 @@ class Monitor:
     def __init__(self, make_sources: Callable[[], list[Source]],
                  find_target: Callable[[], int | None], metrics: Metrics,
                  flight: FlightRecorder, log: Callable[[str], None] = lambda m: None,
-                 rediscover_s: float = 1.0):
+                 rediscover_s: float = 1.0, budget=None):
         self.make_sources = make_sources
+        self.budget = budget      # budget.PipelineBudget: ticked by the pipeline, shown in metrics
         self.find_target = find_target
         self.metrics = metrics
         self.flight = flight
@@ -75,6 +76,8 @@ class Monitor:
         self.pipeline.add_consumer(flight)
         self.pipeline.add_consumer(self.names)
         self.pipeline.on_tick(self._check, CHECK_EVERY_S)
+        if budget is not None:
+            self.pipeline.on_tick(budget, 1.0)
         self._exited = False
         self._stop = threading.Event()
         self._wake = threading.Event()        # ends the current attach
@@ -99,6 +102,8 @@ class Monitor:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=15)
+        if self.budget is not None:
+            self.budget.close()
 
     def _run(self) -> None:
         next_try = 0.0
@@ -213,6 +218,11 @@ class Monitor:
         for probe, n in st.lost.items():
             m.set("gpuscope_probe_events_lost_total", n, (("probe", probe),))
         m.set("gpuscope_events_total", m.events)
+        ov = self.budget.state() if self.budget is not None else None
+        if ov is not None:
+            m.set("gpuscope_overhead_ratio", ov["own_cpu_pct"] / 100)
+            m.set("gpuscope_overhead_limit_ratio", ov["limit_pct"] / 100)
+            m.set("gpuscope_detail_level", ov["level"])
         f = self.flight
         m.set("gpuscope_flight_recorder_events", f.events)
         m.set("gpuscope_flight_recorder_bytes", f.bytes)

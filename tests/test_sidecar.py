@@ -309,6 +309,10 @@ def test_metrics_parse_and_move_with_the_trainer(pod):
     assert ("gpuscope_probe_events_lost_total", (("probe", "io"),)) in b
     assert b[("gpuscope_flight_recorder_events", ())] > 0
     assert b[("gpuscope_captures_total", (("state", "done"),))] >= 1
+    # The overhead budget runs in the always-on monitor too (default limit: 2% of the machine).
+    assert b[("gpuscope_overhead_limit_ratio", ())] == pytest.approx(0.02)
+    assert b[("gpuscope_overhead_ratio", ())] >= 0
+    assert b[("gpuscope_detail_level", ())] >= 0
 
 
 def test_follows_the_trainer_across_a_restart(pod):
