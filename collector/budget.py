@@ -62,7 +62,8 @@ class OverheadBudget:
     def __init__(self, limit_fraction: float, knobs: Sequence, own_pid: int | None = None,
                  target_pids_fn: Callable[[], Sequence[int]] = list, *, window_s: float = 3.0,
                  settle_s: float = 3.0, restore_after_s: float = 10.0, headroom: float = 0.5,
-                 ncpu: int | None = None, bpf: BpfRunTime | None = None):
+                 ncpu: int | None = None, bpf: BpfRunTime | None = None,
+                 round_robin: bool = True):
         if not 0 <= limit_fraction <= 1:
             raise ValueError(f"overhead limit must be a fraction of the machine in [0, 1], "
                              f"not {limit_fraction}")
@@ -76,6 +77,7 @@ class OverheadBudget:
         self.headroom = headroom
         self.ncpu = ncpu or len(os.sched_getaffinity(0)) or 1
         self.bpf = bpf
+        self.round_robin = round_robin   # False: each knob all the way down before the next
         self.plan = self._plan()  # level -> per-knob levels
         self.level = 0
         self.changes: list[Change] = []
@@ -95,6 +97,12 @@ class OverheadBudget:
     def _plan(self) -> list[tuple[int, ...]]:
         cur = [0] * len(self.knobs)
         out = [tuple(cur)]
+        if not self.round_robin:
+            for i, k in enumerate(self.knobs):
+                for n in range(1, k.levels()):
+                    cur[i] = n
+                    out.append(tuple(cur))
+            return out
         while True:
             moved = False
             for i, k in enumerate(self.knobs):
@@ -246,7 +254,10 @@ class PipelineBudget:
     to a restarted job: a new generation of sources, measured afresh) and puts the
     budget's counters and level changes into the stream."""
 
-    KNOBS = ("python", "ebpf")   # step order: the sampler's rate first, then kernel detail
+    # Kernel event detail goes first, all of it: the verdict's step model rests on the
+    # Python samples (a lower rate sees fewer short steps), the kernel's lower levels
+    # only sum what the verdict does not read one by one.
+    KNOBS = ("ebpf", "python")
 
     def __init__(self, limit_fraction: float):
         if not 0 < limit_fraction <= 1:
@@ -263,7 +274,8 @@ class PipelineBudget:
             self._generation = p.generation
             knobs = [p.source(name) for name in self.KNOBS]
             self.budget = OverheadBudget(self.limit, [k for k in knobs if hasattr(k, "set_level")],
-                                         target_pids_fn=lambda: sorted(p.live), bpf=BpfRunTime())
+                                         target_pids_fn=lambda: sorted(p.live), bpf=BpfRunTime(),
+                                         round_robin=False)
         p.emit(self.budget.tick())
 
     def state(self) -> dict | None:

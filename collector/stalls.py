@@ -46,6 +46,7 @@ class StallAnalysis:
         self.root = root_pid
         self.cores = cores or len(os.sched_getaffinity(0)) or 1
         self.period = int(1e9 / rate_hz)  # refined from the samples themselves in result()
+        self.requested_period = self.period
         self.slowest_period = 0           # at the lowest rate the budget set, if it lowered it
         self.main_pid = root_pid    # the process of the training loop: the target, or a rank below it
         self.main_tid: int | None = None
@@ -228,6 +229,8 @@ class StallAnalysis:
         findings.sort(key=lambda f: -f["stall_ms"])
         primary = findings[0]["kind"] if findings else None
         conf = confidence(steps)
+        if self.slowest_period > self.requested_period and conf == "high":
+            conf = "medium"   # the budget lowered the sampling rate: fewer samples per step
         headline = self._headline(level, share, findings, steps)
         return {
             "verdict": {"input_bound": level, "data_wait_share": round(share, 4),

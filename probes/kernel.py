@@ -300,6 +300,10 @@ class KernelProbes(Source):
         """How many detail levels there are (0 = full detail)."""
         return len(LEVELS)
 
+    def describe_level(self, n: int) -> str:
+        """What level n gives up, for the budget's notes."""
+        return "kernel: " + LEVELS[max(0, min(len(LEVELS) - 1, n))][0]
+
     def set_level(self, n: int) -> None:
         """Lower (n > 0) or restore (n = 0) event detail, live, without
         reloading. Safe from any thread: the config map is written here, and
