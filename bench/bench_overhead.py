@@ -46,6 +46,7 @@ NO_GPU = ["--no-cuda", "--no-nccl", "--no-nvml"]
 # processes cannot be switched off, so "python" and "sched" are each measured on top of them.
 TOOLS = {
     "gpuscope defaults": [],
+    "gpuscope no budget (--max-overhead 100)": ["--max-overhead", "100"],
     "gpuscope --no-python": ["--no-python"],
     "gpuscope --no-sched": ["--no-sched"],
     "gpuscope io+proc only": ["--no-python", "--no-sched", *NO_GPU],
@@ -58,7 +59,8 @@ JOB_TOOLS = {
     "b": ["gpuscope defaults", "gpuscope io+proc only", "py-spy -r 100 --subprocesses"],
     "c": ["gpuscope defaults", "py-spy -r 100 --subprocesses"],
 }
-QUICK_TOOLS = ["gpuscope defaults", "gpuscope io+proc only", "py-spy -r 100 --subprocesses"]
+QUICK_TOOLS = ["gpuscope defaults", "gpuscope no budget (--max-overhead 100)",
+               "gpuscope io+proc only", "py-spy -r 100 --subprocesses"]
 JOB_NAMES = {"a": "CPU-saturated input-bound", "b": "storage-bound (slowfs 25 ms/read)",
              "c": "compute-bound control"}
 
