@@ -276,7 +276,8 @@ class PipelineBudget:
             self.budget = OverheadBudget(self.limit, [k for k in knobs if hasattr(k, "set_level")],
                                          target_pids_fn=lambda: sorted(p.live), bpf=BpfRunTime(),
                                          round_robin=False)
-        p.emit(self.budget.tick())
+        if self.budget is not None:
+            p.emit(self.budget.tick())
 
     def state(self) -> dict | None:
         return self.budget.state() if self.budget is not None else None

@@ -29,7 +29,7 @@ _SYNC_FNS = {"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchro
 
 
 def _is_data_file(path: str | None) -> bool:
-    return bool(path) and not path.startswith(_NON_FILES)
+    return bool(path and not path.startswith(_NON_FILES))
 
 
 def _in(frames, file_suffix: str, func: str | None = None) -> bool:
@@ -197,13 +197,15 @@ class StallAnalysis:
     # -- verdict ---------------------------------------------------------------
     def stall_intervals(self) -> list[tuple[int, int]]:
         """Runs of main-thread samples waiting for data: the Verdict track."""
-        out, start = [], None
+        out: list[tuple[int, int]] = []
+        start: int | None = None
         for (ts, phase, _), nxt in zip(self.main, self.main[1:] + [(self.last_ts, "", "")], strict=False):
-            if phase == DATA and start is None:
-                start = ts
-            if phase == DATA and nxt[1] != DATA:
-                out.append((start, min(nxt[0], ts + 3 * self.period)))
-                start = None
+            if phase == DATA:
+                if start is None:
+                    start = ts
+                if nxt[1] != DATA:
+                    out.append((start, min(nxt[0], ts + 3 * self.period)))
+                    start = None
         return out
 
     def result(self) -> dict:
@@ -212,7 +214,7 @@ class StallAnalysis:
             self.period = max(1, gaps[len(gaps) // 2], self.slowest_period)
         steps = build_steps(self.main, self.period)
         wall = sum(s.wall_ns for s in steps)
-        phase_ns = Counter()
+        phase_ns: Counter[str] = Counter()
         for s in steps:
             phase_ns.update(s.phases)
         if not steps or not wall:
@@ -263,7 +265,7 @@ class StallAnalysis:
         stall_ns = phase_ns[DATA]
         stall_ms = stall_ns / 1e6
         n_workers = self._concurrent_workers()
-        detail = Counter()  # where the analysed steps' data wait went
+        detail: Counter[str] = Counter()  # where the analysed steps' data wait went
         for st in steps:
             detail.update(st.detail)
         dtotal = sum(detail.values()) or 1

@@ -4,6 +4,8 @@ counter tracks, and gpuscope's own tracks (losses, verdict)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from gpuscope.probes.events import (
     CounterSample,
     Event,
@@ -18,6 +20,9 @@ from gpuscope.probes.summed import IO_SUMMED, IPC, OFFCPU_SUMMED, TITLES
 from .perfetto import TraceWriter
 from .pystacks import PythonTracks
 
+if TYPE_CHECKING:
+    from .liveindex import IndexedWriter
+
 # Order of per-thread child tracks in the UI.
 CATEGORY_RANK = {"python": 1, "pysamples": 2, "cuda": 3, "nccl": 4, "io": 5, "sched": 6,
                  IPC: 7, IO_SUMMED: 8, OFFCPU_SUMMED: 9}
@@ -26,7 +31,7 @@ CATEGORY_TITLE = {"python": "Python", "pysamples": "Python samples", "cuda": "CU
 
 
 class Timeline:
-    def __init__(self, writer: TraceWriter):
+    def __init__(self, writer: TraceWriter | IndexedWriter):
         self.w = writer
         self.processes: dict[int, int] = {}                 # pid -> uuid
         self.process_names: dict[int, str] = {}
@@ -80,12 +85,14 @@ class Timeline:
 
     # -- events ------------------------------------------------------------
     def add(self, ev: Event) -> None:
-        t = type(ev)
-        if t is Span:
+        # Commonest first; direct type(ev) tests, which mypy narrows on.
+        if type(ev) is Span:
             track = (self.global_track(CATEGORY_TITLE.get(ev.cat, ev.cat)) if ev.pid == 0
                      else self.child(ev.pid, ev.tid, ev.cat))
             self.w.slice(track, ev.start, ev.end, ev.name, ev.args)
-        elif t is Instant:
+        elif type(ev) is StackSample:
+            self.python.add(ev)
+        elif type(ev) is Instant:
             if ev.pid == 0:
                 track = self.global_track(CATEGORY_TITLE.get(ev.cat, ev.cat))
             elif ev.tid == 0:
@@ -96,15 +103,13 @@ class Timeline:
             if ev.name == "exit" and ev.tid:
                 self.python.thread_exited(ev.tid, ev.ts)
                 self.threads.pop(ev.tid, None)  # a reused tid gets a new track
-        elif t is CounterSample:
+        elif type(ev) is CounterSample:
             self.w.counter(self.counter_track(ev.pid, ev.track, ev.unit), ev.ts, ev.value)
-        elif t is ThreadName:
+        elif type(ev) is ThreadName:
             self._rename(ev)
-        elif t is Loss:
+        elif type(ev) is Loss:
             total = self.lost[ev.source] = self.lost.get(ev.source, 0) + ev.count
             self.w.counter(self.counter_track(0, f"lost events: {ev.source}", "count"), ev.ts, total)
-        elif t is StackSample:
-            self.python.add(ev)
         self.w.maybe_flush()
 
     def close(self) -> None:

@@ -126,13 +126,13 @@ class IoProbe(Probe):
                 args["fd"] = ret
         else:
             args["fd"] = fd
-            path = self.path_of(pid, fd)
-            if path is not None:
-                args["path"] = path
+            known = self.path_of(pid, fd)
+            if known is not None:
+                args["path"] = known
             if kind == 9:  # close
                 self._table(pid).pop(fd, None)
-            elif kind == 14 and ret >= 0 and path is not None:  # dup*
-                self._table(pid)[ret] = path
+            elif kind == 14 and ret >= 0 and known is not None:  # dup*
+                self._table(pid)[ret] = known
         if kind in _BYTES_KINDS:
             if ret >= 0:
                 args["bytes"] = ret

@@ -15,9 +15,10 @@ import os
 import select
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from .events import Event, Instant, Loss
 from .ringbuf import RingReader, event_class, struct_of
@@ -58,6 +59,10 @@ def _quiet(job) -> None:
         pass  # BPF.cleanup() afterwards retries whatever is left
 
 
+def _no_pids() -> list[int]:
+    return []
+
+
 class Probe:
     """One eBPF program file and the Python side that attaches and decodes it."""
 
@@ -82,7 +87,8 @@ class Probe:
     def initial_events(self, pids: list[int], out: list[Event]) -> None:
         """Events describing the state at attach time (threads, open files)."""
 
-    def decode(self, raw: ct.c_void_p, size: int, out: list[Event]) -> None:
+    def decode(self, raw: Any, size: int, out: list[Event]) -> None:
+        """raw is bytes if raw_bytes, else the ctypes pointer BCC's table.event() takes."""
         raise NotImplementedError
 
     def tick(self, bpf, out: list[Event]) -> None:
@@ -94,9 +100,8 @@ class Probe:
     def on_exit(self, pid: int) -> None:
         """A tracked process exited."""
 
-    def tracked(self) -> list[int]:
-        """PIDs being watched (set by KernelProbes when the probe is loaded)."""
-        return []
+    # PIDs being watched: KernelProbes sets its own when the probe is loaded.
+    tracked: Callable[[], list[int]] = staticmethod(_no_pids)
 
     def seed(self, bpf, kid: int, pid: int) -> None:
         """A process joined (kernel PID kid, user PID pid): fill kernel maps from /proc."""
@@ -144,7 +149,7 @@ class KernelProbes(Source):
     def __init__(self, probes: Iterable[Probe], extra_cflags: Iterable[str] = ()):
         self.probes = list(probes)
         self.extra_cflags = list(extra_cflags)
-        self.bpf = None
+        self.bpf: Any = None  # bcc.BPF: its tables are looked up by name
         self._out: list[Event] = []
         self._events = {p.name: 0 for p in self.probes}
         self._kdrops = {p.name: 0 for p in self.probes}    # counted by the kernel
@@ -204,6 +209,7 @@ class KernelProbes(Source):
             p.initial_events(pids, self._out)
 
     def _open_ring(self, probe: Probe) -> None:
+        assert self._epoll is not None  # start() made it
         reader = RingReader(self.bpf[probe.ring])
         if probe.raw_bytes:
             probe.layout = struct_of(event_class(self.bpf[probe.ring]))
@@ -277,7 +283,7 @@ class KernelProbes(Source):
         return sorted(p for p in pids if p is not None)
 
     def poll(self, timeout_s: float) -> list[Event]:
-        if self.bpf is None:
+        if self.bpf is None or self._epoll is None or self.summed is None:  # not started
             time.sleep(timeout_s)
             return []
         # Records are submitted without a wakeup (a ring wakes this only once
@@ -319,7 +325,7 @@ class KernelProbes(Source):
 
     def _note_level(self) -> None:
         n, self._level_note = self._level_note, None
-        if n is None:
+        if n is None or self.summed is None:
             return
         self.summed.read(self.bpf, self._out)  # sums so far, named for the old level
         self.summed.oneby_wait_ns = LEVELS[n][1][CFG_ONEBY_WAIT_NS]
@@ -340,7 +346,7 @@ class KernelProbes(Source):
 
     def drain(self) -> list[Event]:
         """Everything still buffered, after the last poll (on stop)."""
-        if self.bpf is None:
+        if self.bpf is None or self.summed is None:
             return []
         self._read_rings()
         self._note_level()

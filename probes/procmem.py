@@ -150,7 +150,8 @@ class ProcessMemory:
             total = sum(s for _, s in chunk)
             self._ensure(total)
             base = ctypes.addressof(self._buf)
-            flat_l, flat_r = [], []
+            flat_l: list[int] = []
+            flat_r: list[int] = []
             off = 0
             for a, s in chunk:
                 flat_l += (base + off, s)

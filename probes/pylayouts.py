@@ -20,6 +20,8 @@ from dataclasses import dataclass
 class UnsupportedVersion(Exception):
     """The target runs a CPython version we have no layout for."""
 
+    version: str | None = None  # "3.x.y", filled in by pyruntime for doctor
+
 
 @dataclass(frozen=True)
 class Layout:

@@ -24,6 +24,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from .events import Frame
 from .procmem import ProcessGone, ProcessMemory, ReadError
@@ -98,7 +99,8 @@ class Walker:
         """Interpreter states, refreshed once a second (sub-interpreters are rare)."""
         now = time.monotonic()
         if not self._interps or now - self._interps_at > 1.0:
-            out, addr = [], _u64(self.mem.read(self.rt.runtime_addr + self.L.runtime_interp_head, 8))[0]
+            out: list[int] = []
+            addr = _u64(self.mem.read(self.rt.runtime_addr + self.L.runtime_interp_head, 8))[0]
             while addr and len(out) < 64 and addr not in out:
                 out.append(addr)
                 addr = _u64(self.mem.read(addr + self.L.interp_next, 8))[0]
@@ -122,20 +124,22 @@ class Walker:
         known = self._known.get(interp, [])
         spans += [(a, self._tstate_read) for a in known]
         got = mem.read_many(spans)
-        if any(g is None for g in got[:fixed]):
+        first, second = got[0], (got[1] if fixed > 1 else b"")
+        if first is None or second is None:
             raise Torn("interpreter state unreadable")
-        head = _u64(got[0])[0]
+        head = _u64(first)[0]
         holder = 0
         if L.runtime_tstate_current is not None:
-            holder = _u64(got[1])[0]
+            holder = _u64(second)[0]
         elif fixed > 1:
-            if _i32(got[1], L.gil_locked)[0]:
-                holder = _u64(got[1], L.gil_last_holder)[0]
+            if _i32(second, L.gil_locked)[0]:
+                holder = _u64(second, L.gil_last_holder)[0]
         tbs = got[fixed:]
-        if (known and head == known[0] and all(b is not None for b in tbs)
-                and all(_u64(b, L.tstate_next)[0] == (known[i + 1] if i + 1 < len(known) else 0)
-                        for i, b in enumerate(tbs))):
-            return list(zip(known, tbs, strict=True)), holder
+        if known and head == known[0] and None not in tbs:
+            whole = cast("list[bytes]", tbs)  # none of them None, just checked
+            if all(_u64(b, L.tstate_next)[0] == (known[i + 1] if i + 1 < len(known) else 0)
+                   for i, b in enumerate(whole)):
+                return list(zip(known, whole, strict=True)), holder
         out: list[tuple[int, bytes]] = []
         seen: set[int] = set()
         addr = head
@@ -162,7 +166,8 @@ class Walker:
         live: set[int] = set()
         self._ticks += 1
         for interp in self.interpreters():
-            threads, holder = [], 0
+            threads: list[tuple[int, bytes]] = []
+            holder = 0
             for attempt in range(retries):
                 try:
                     threads, holder = self._thread_list(interp)
@@ -253,8 +258,9 @@ class Walker:
     # ---- threads' stacks, batched ---------------------------------------------------
 
     def _gil(self, tstate: int, tb: bytes, holder: int) -> bool:
-        if self.L.holds_gil_bit is not None:
-            return bool(_u32(tb, self.L.tstate_status)[0] >> self.L.holds_gil_bit & 1)
+        bit, status = self.L.holds_gil_bit, self.L.tstate_status  # both set, or neither
+        if bit is not None and status is not None:
+            return bool(_u32(tb, status)[0] >> bit & 1)
         return tstate == holder
 
     def _walk_batch(self, threads: list[tuple[int, bytes]], holder: int) -> list:
@@ -263,16 +269,18 @@ class Walker:
         outside the chunks, rare, one each); then the re-check of everything."""
         L, mem = self.L, self.mem
         # 1. where each thread's current frame pointer lives, and its data-stack chunk
-        spans, plan = [], []
+        spans: list[tuple[int, int]] = []
+        plan: list[tuple[int, int | None, int, int, int, int]] = []
+        chunk_off, top_off = L.tstate_datastack_chunk, L.tstate_datastack_top
         for tstate, tb in threads:
             if L.cframe_current_frame is None:  # the pointer is in the tstate itself
                 loc, cur = tstate + L.tstate_frame, _u64(tb, L.tstate_frame)[0]
             else:  # in a _PyCFrame (3.11/3.12)
                 loc, cur = _u64(tb, L.tstate_frame)[0] + L.cframe_current_frame, None
             lo = hi = 0
-            if L.tstate_datastack_chunk is not None:
-                lo = _u64(tb, L.tstate_datastack_chunk)[0]
-                hi = _u64(tb, L.tstate_datastack_top)[0]
+            if chunk_off is not None and top_off is not None:
+                lo = _u64(tb, chunk_off)[0]
+                hi = _u64(tb, top_off)[0]
                 if not (lo and lo < hi and hi - lo <= MAX_CHUNK_COPY):
                     lo = hi = 0
             ip = ic = -1
@@ -288,17 +296,18 @@ class Walker:
         got = mem.read_many(spans) if spans else []
         # 2. each thread's frame chain, from its chunk where it can
         results: list = []
-        walks = []
+        walks: list[tuple[int, bytes, int, int, list[tuple[int, int, int, int, int]], int] | None] = []
         for (tstate, tb), (loc, cur, lo, hi, ip, ic) in zip(threads, plan, strict=True):
             ts = time.monotonic_ns()
             try:
                 if cur is None:
                     if ip < 0:
                         cur = 0
-                    elif got[ip] is None:
-                        raise Torn("frame pointer unreadable")
                     else:
-                        cur = _u64(got[ip])[0]
+                        fp = got[ip]
+                        if fp is None:
+                            raise Torn("frame pointer unreadable")
+                        cur = _u64(fp)[0]
                 chunk = got[ic] if ic >= 0 else None
                 if chunk is None or not lo < cur < hi:
                     chunk, lo, hi = b"", 0, 0
@@ -312,7 +321,8 @@ class Walker:
             results.append(None)
             walks.append((tstate, tb, loc, cur, raw, ts))
         # 3. one re-read of every pointer, frame and code header the walks relied on
-        spans, slices = [], []
+        spans = []
+        slices: list[tuple[int, list[int]] | None] = []
         for w in walks:
             if w is None:
                 slices.append(None)
@@ -327,10 +337,10 @@ class Walker:
                 spans.append((_u64(tb, L.tstate_thread_id)[0] + (self.tids.off or 0), 4))
             slices.append((start, codes))
         got = mem.read_many(spans) if spans else []
-        for k, w in enumerate(walks):
-            if w is None:
+        for k, (w, sl) in enumerate(zip(walks, slices, strict=True)):
+            if w is None or sl is None:  # both, or neither
                 continue
-            start, codes = slices[k]
+            start, codes = sl
             try:
                 results[k] = self._finish(w, holder, got, start, codes)
             except (Torn, ReadError) as e:
@@ -401,10 +411,11 @@ class Walker:
         skip, previous)] innermost first. Frames inside [lo, hi) come from chunk."""
         L, mem = self.L, self.mem
         size = self._frame_read
-        code_off, prev_off, owner_off = L.frame_code, L.frame_previous, L.frame_owner
+        # frame_owner is None only in the frameobject model, which reads no owner byte
+        code_off, prev_off, owner_off = L.frame_code, L.frame_previous, L.frame_owner or 0
         frameobject = L.frame_model == "frameobject"
         skip_min = L.owner_skip_min
-        out = []
+        out: list[tuple[int, int, int, int, int]] = []
         seen: set[int] = set()
         addr = cur
         while addr:

@@ -26,7 +26,7 @@ _CODES = {ct.c_ulonglong: "Q", ct.c_longlong: "q", ct.c_uint: "I", ct.c_int: "i"
           ct.c_ulong: "Q", ct.c_long: "q"}
 
 
-def struct_of(cls: type, upto: str | None = None) -> struct.Struct:
+def struct_of(cls: type[ct.Structure], upto: str | None = None) -> struct.Struct:
     """A little-endian struct.Struct with the fields (and padding) of a ctypes
     Structure, up to (not including) the field named `upto`. Arrays of char
     become bytes ('Ns')."""
@@ -50,7 +50,7 @@ def struct_of(cls: type, upto: str | None = None) -> struct.Struct:
     return struct.Struct(fmt)
 
 
-def event_class(table) -> type:
+def event_class(table) -> type[ct.Structure]:
     """BCC's ctypes struct for a ring's records (built from the C source)."""
     return type(table.event(ct.create_string_buffer(8192)))
 

@@ -21,6 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable
+from functools import partial
 
 from .events import CounterSample, Event, Frame, Loss, StackSample
 from .procmem import NoPermission, ProcessGone, ProcessMemory, ReadError
@@ -124,13 +125,14 @@ class PythonSampler(Source):
 
     def stats(self) -> SourceStats:
         with self._lock:
-            out = dict(self._counts)
+            counts = dict(self._counts)
+        events, lost = counts.pop("events"), counts.pop("lost")
+        out: dict[str, float] = dict(counts)
         elapsed = (time.monotonic() - self._started_at) if self._started_at else 0.0
         out["samples_per_s"] = round(out["ticks"] / elapsed) if elapsed > 0 else 0
         out["level"] = self.level
         out["rate_hz"] = self.current_hz
-        return SourceStats(events={self.name: out.pop("events")},
-                           lost={self.name: out.pop("lost")}, counters=out)
+        return SourceStats(events={self.name: events}, lost={self.name: lost}, counters=out)
 
     def notices(self) -> list[str]:
         with self._lock:
@@ -266,7 +268,7 @@ class PythonSampler(Source):
         for w in self._snapshot():
             pid = w.pid
             try:
-                stacks, wl = w.sample(self.retries, lambda tid, pid=pid: states.probe(pid, tid))
+                stacks, wl = w.sample(self.retries, partial(states.probe, pid))
             except ProcessGone:
                 gone.append(w.pid)
                 continue

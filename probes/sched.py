@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 from .events import SCHED, Event, Span
 from .kernel import Probe
 
@@ -20,6 +22,7 @@ def classify(state: int) -> tuple[str, str]:
 
 class SchedProbe(Probe):
     name = "sched"
+    layout: struct.Struct  # raw_bytes: set from BCC's record type before any decode
     bpf_file = "sched.bpf.c"
     ring = "sched_events"
     drop_slot = 1  # DROP_SCHED

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from typing import Any
 
 from .events import Event, Loss, Span
 
@@ -90,7 +91,7 @@ class SummedReader:
         ns = sum(d[2] for d in kinds.values())
         errors = sum(d[3] for d in kinds.values())
         self.totals[SOURCE_OF.get(cls, "io")] += calls
-        args = {"calls": calls, "summed_in_kernel": True}
+        args: dict[str, Any] = {"calls": calls, "summed_in_kernel": True}
         for kind, d in sorted(kinds.items()):
             args[self.kind_names.get(kind, f"kind{kind}")] = d[0]
         if cls == CLS_OFFCPU:
