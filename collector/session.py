@@ -39,6 +39,8 @@ class Session:
         self.recording: Recording | None = None
         self.t0 = time.monotonic()
         self.attach_s = 0.0
+        self.t_live = self.t0            # when the probes were live (end of attach)
+        self.t_stop: float | None = None  # when a stop was asked for
         self._stop = threading.Event()
 
     @property
@@ -49,6 +51,7 @@ class Session:
     def request_stop(self, reason: str) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
+            self.t_stop = time.monotonic()
         self._stop.set()
 
     def install_signal_handlers(self) -> None:
@@ -66,10 +69,11 @@ class Session:
         p.add_consumer(rec)
         for c in self.consumers:
             p.add_consumer(c)
-        self.t0 = time.monotonic()
+        self.t0 = self.t_live = time.monotonic()
         try:
             p.attach(self.pid, self.sources)
-            self.attach_s = time.monotonic() - self.t0
+            self.t_live = time.monotonic()   # -d and the captured time count from here
+            self.attach_s = self.t_live - self.t0
             if not procfs.alive(self.pid):
                 self.request_stop("target exited during attach")
             if on_attached:
@@ -86,12 +90,13 @@ class Session:
                 self.budget.close()
             if self.status:
                 self.status.done()
-        return rec.finish(self.stop_reason or "stopped", time.monotonic() - self.t0,
+        captured = max(0.0, (self.t_stop or time.monotonic()) - self.t_live)
+        return rec.finish(self.stop_reason or "stopped", captured,
                           p.stats(), p.processes, p.notices(), self.attach_s,
                           overhead=self.budget.state() if self.budget is not None else None)
 
     def _check(self, _p: Pipeline) -> None:
-        if self.duration is not None and time.monotonic() - self.t0 >= self.duration:
+        if self.duration is not None and time.monotonic() - self.t_live >= self.duration:
             self.request_stop("duration")
         elif not procfs.alive(self.pid):
             self.request_stop("target exited")
@@ -103,5 +108,5 @@ class Session:
             counts = dict(rec.counts)
             if st.aggregated:   # calls and waits summed in the kernel, not shipped one by one
                 counts["summed"] = sum(st.aggregated.values())
-            status.update(counts, time.monotonic() - self.t0, len(p.processes), st.total_lost,
+            status.update(counts, time.monotonic() - self.t_live, len(p.processes), st.total_lost,
                           self.budget.status() if self.budget is not None else "")
