@@ -93,7 +93,10 @@ class SummedReader:
         self.totals[SOURCE_OF.get(cls, "io")] += calls
         args: dict[str, Any] = {"calls": calls, "summed_in_kernel": True}
         for kind, d in sorted(kinds.items()):
-            args[self.kind_names.get(kind, f"kind{kind}")] = d[0]
+            name = self.kind_names.get(kind, f"kind{kind}")
+            args[name] = d[0]
+            if d[1] and cls != CLS_OFFCPU:
+                args[f"{name}_bytes"] = d[1]   # per call kind: reads and writes apart
         if cls == CLS_OFFCPU:
             pre, blk = kinds.get(SUM_PREEMPTED, [0] * 4), kinds.get(SUM_BLOCKED, [0] * 4)
             args.update(blocked_ms=round(blk[2] / 1e6, 3), preempted_ms=round(pre[2] / 1e6, 3),

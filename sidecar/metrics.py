@@ -151,6 +151,11 @@ class Metrics:
                         a = ev.args
                         for name in SYSCALLS.intersection(a):
                             inc("gpuscope_io_calls_total", (("call", name),), a[name])
+                            n = a.get(f"{name}_bytes", 0)
+                            if n and name in READS:
+                                inc("gpuscope_io_read_bytes_total", (), n)
+                            elif n and name in WRITES:
+                                inc("gpuscope_io_write_bytes_total", (), n)
                         inc("gpuscope_io_seconds_total", (), a.get("syscall_ns", 0) / 1e9)
                     elif cat == SUMMED_SCHED:
                         a = ev.args

@@ -191,6 +191,7 @@ def test_metrics_count_the_calls_and_waits_summed_in_the_kernel():
     m.observe([span(1, 10),
                Span(IPC, "IPC: 300 calls", 10, 11, 0, 500, {
                    "calls": 300, "read": 120, "write": 180, "bytes": 9000,
+                   "read_bytes": 4000, "write_bytes": 5000,
                    "syscall_ns": 2_000_000, "summed_in_kernel": True}),
                Span(OFFCPU_SUMMED, "off-CPU waits < 1 ms: 40", 10, 11, 0, 500, {
                    "calls": 40, "blocked": 30, "preempted": 10,
@@ -198,5 +199,8 @@ def test_metrics_count_the_calls_and_waits_summed_in_the_kernel():
     fams = {f.name: f for f in text_string_to_metric_families(m.render())}
     calls = {s.labels["call"]: s.value for s in fams["gpuscope_io_calls"].samples}
     assert calls == {"read": 121, "write": 180}
+    val = {s.name: s.value for f in fams.values() for s in f.samples}
+    assert val["gpuscope_io_read_bytes_total"] == 10 + 4000   # the one-by-one read, then the sums
+    assert val["gpuscope_io_write_bytes_total"] == 5000
     off = {s.labels["state"]: s.value for s in fams["gpuscope_offcpu_seconds"].samples}
     assert off == {"blocked": pytest.approx(0.003), "preempted": pytest.approx(0.001)}
