@@ -124,7 +124,7 @@ def source_alone(exe: str, data: str, rate: int, seconds: float = 2.0) -> tuple[
             n += len(k.poll(0.1))
         n += len(k.drain())
         cpu = time.process_time() - c0
-        return int(t.stdout.read()), k.stats()["io.events"], cpu
+        return int(t.stdout.read()), k.stats().events["io"], cpu
     finally:
         k.stop()
 
