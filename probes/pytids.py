@@ -8,9 +8,9 @@ thread's TID before walking it.
 
 from __future__ import annotations
 
-import os
 import struct
 
+from . import procfs
 from .procmem import ProcessMemory, ReadError
 from .pylayouts import Layout
 
@@ -40,7 +40,9 @@ class TidMap:
         """Find the offset where the main thread's struct holds our pid and every
         other thread's holds one of our TIDs."""
         try:
-            tids = {int(t) for t in os.listdir(f"/proc/{self.pid}/task")}
+            tids = set(procfs.threads(self.pid))
+            if not tids:
+                return
             blobs = [self.mem.read(_u64(tb, self.L.tstate_thread_id)[0], 2048) for _, tb in threads]
         except (OSError, ReadError):
             return

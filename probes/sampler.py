@@ -17,12 +17,12 @@ each change is a CounterSample on RATE_TRACK in the stream.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterable
 from functools import partial
 
+from . import procfs
 from .events import CounterSample, Event, Frame, Loss, StackSample
 from .procmem import NoPermission, ProcessGone, ProcessMemory, ReadError
 from .pyruntime import NotPython, Runtime, UnsupportedVersion, find_runtime, runtime_for_child
@@ -222,13 +222,11 @@ class PythonSampler(Source):
         return "ok"
 
     def _parent_runtime(self, pid: int) -> Runtime | None:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
+        st = procfs.stat(pid)
+        if st is None:
             return None
         with self._lock:
-            w = self._walkers.get(ppid)
+            w = self._walkers.get(st.ppid)
         return w.rt if w is not None else None
 
     def _snapshot(self) -> list[Walker]:
@@ -342,7 +340,9 @@ def dump(pid: int) -> dict[int, list[Frame]]:
     """One snapshot of every live thread's stack, innermost frame last.
     Raises NotPython, UnsupportedVersion, or OSError."""
     walker = Walker(find_runtime(pid))
-    tids = {int(t) for t in os.listdir(f"/proc/{pid}/task")}
+    tids = set(procfs.threads(pid))
+    if not tids:
+        raise ProcessLookupError(f"process {pid} is gone")
     stacks, _ = walker.sample()
     return {s.tid: list(s.frames) for s in stacks if s.frames is not None and s.tid in tids}
 

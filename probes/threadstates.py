@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 
+from . import procfs
+
 
 class ThreadStates:
     """Kernel scheduler state per thread via pread on kept-open /proc files (one
@@ -43,12 +45,12 @@ class ThreadStates:
         except OSError:
             self.forget(pid, tid)
             return None
-        i = data.rfind(b")")
-        if not 0 <= i < len(data) - 2:
+        state = procfs.stat_state(data)
+        if state is None:
             return None
         if key is not None and key.rstrip().endswith(b" 0"):
             key = None  # no run count: cannot tell whether it ran
-        return chr(data[i + 2]), key
+        return state, key
 
     def forget(self, pid: int, tid: int | None = None) -> None:
         for key in [k for k in self._fds if k[0] == pid and (tid is None or k[1] == tid)]:
