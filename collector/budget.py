@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from gpuscope.probes import procfs
 from gpuscope.probes.events import CounterSample, Event, Instant
 
 from .bpfcost import BpfRunTime
@@ -32,14 +33,9 @@ _HZ = os.sysconf("SC_CLK_TCK")
 
 
 def process_cpu_s(pid: int) -> float | None:
-    """utime + stime of every thread of pid, in seconds; None if it is gone.
-    (A local read of /proc/PID/stat: fields 14 and 15.)"""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _HZ
-    except (OSError, IndexError, ValueError):
-        return None
+    """utime + stime of every thread of pid, in seconds; None if it is gone."""
+    st = procfs.stat(pid)
+    return (st.utime + st.stime) / _HZ if st is not None else None
 
 
 def own_cpu_s() -> float:
