@@ -69,12 +69,19 @@ def declare(w) -> tuple[list[int], list[int], int]:
 
 def run_hand(ops, path: str, two_calls: bool = False) -> None:
     w = TraceWriter(path)
-    tracks, counters, th = declare(w)
-    slice_, counter, instant, flush = w.slice, w.counter, w.instant, w.maybe_flush
     if two_calls:   # the general API: as Python frames use it
         def slice_(track, start, end, name, args):
             w.begin(track, start, name, args)
             w.end(track, end)
+        play(w, ops, slice_)
+    else:
+        play(w, ops, w.slice)
+
+
+def play(w, ops, slice_) -> None:
+    """The same events through either writer (same calls, same order)."""
+    tracks, counters, th = declare(w)
+    counter, instant, flush = w.counter, w.instant, w.maybe_flush
     for op in ops:
         k = op[0]
         if k == "s":
@@ -205,18 +212,7 @@ class PbWriter:
 
 def run_pb(ops, path: str) -> None:
     w = PbWriter(path)
-    tracks, counters, th = declare(w)
-    slice_, counter, instant, flush = w.slice, w.counter, w.instant, w.maybe_flush
-    for op in ops:
-        k = op[0]
-        if k == "s":
-            slice_(tracks[op[1]], op[2], op[3], op[4], op[5])
-        elif k == "c":
-            counter(counters[op[1]], op[2], op[3])
-        else:
-            instant(th, op[1], op[2], op[3])
-        flush()
-    w.close()
+    play(w, ops, w.slice)
 
 
 # -- (c) the collector's path: events through Timeline ----------------------------

@@ -35,6 +35,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def http_request(method: str, url: str, body=None, token: str | None = TOKEN):
+    """(status, body, headers) of one request to the sidecar's API; `body` is JSON
+    (or bytes as they are), `token` a bearer token (None: no header)."""
+    data = None if body is None else (body if isinstance(body, bytes)
+                                      else json.dumps(body).encode())
+    req = urllib.request.Request(url, data=data, method=method)
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read(), r.headers
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), e.headers
+
+
 class Pod:
     """A PID namespace holding the trainer (restarted once when killed) and the sidecar."""
 
@@ -68,18 +85,7 @@ class Pod:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def request(self, method: str, path: str, body=None, token: str | None = TOKEN):
-        data = None if body is None else (body if isinstance(body, bytes)
-                                          else json.dumps(body).encode())
-        req = urllib.request.Request(self.url(path), data=data, method=method)
-        if token is not None:
-            req.add_header("Authorization", f"Bearer {token}")
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                return r.status, r.read(), r.headers
-        except urllib.error.HTTPError as e:
-            return e.code, e.read(), e.headers
+        return http_request(method, self.url(path), body, token)
 
     def json(self, method: str, path: str, body=None, token: str | None = TOKEN):
         status, raw, _ = self.request(method, path, body, token)

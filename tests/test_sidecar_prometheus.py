@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_sidecar import TOKEN, free_port
+from test_sidecar import TOKEN, free_port, http_request
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
@@ -55,18 +55,7 @@ class Sidecar:
             env={**os.environ, "GPUSCOPE_TOKEN": TOKEN}, stdout=self.log, stderr=self.log)
 
     def request(self, method: str, path: str, body=None, token: str | None = TOKEN):
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data,
-                                     method=method)
-        if token is not None:
-            req.add_header("Authorization", f"Bearer {token}")
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                return r.status, r.read(), r.headers
-        except urllib.error.HTTPError as e:
-            return e.code, e.read(), e.headers
+        return http_request(method, f"http://127.0.0.1:{self.port}{path}", body, token)
 
     def wait_attached(self, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
