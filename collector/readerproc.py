@@ -16,7 +16,7 @@ import struct
 import subprocess
 import sys
 
-from .tracereader import Interning, TraceError, read_chunks, records
+from .tracereader import Interning, TraceError, read_records
 
 _LEN = struct.Struct("<Q")
 
@@ -66,10 +66,7 @@ def _serve(path: str, offset: int) -> None:
         out.flush()
 
     try:
-        for end, packets in read_chunks(path, offset):
-            recs = records(packets, st, [])
-            n = len(packets)
-            del packets
+        for end, n, recs in read_records(path, offset, st):
             send((end, n, recs, st.rows() if st.dirty else None))
             st.dirty = False
     except TraceError as e:

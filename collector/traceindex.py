@@ -33,8 +33,7 @@ from .tracereader import (
     Interning,
     TraceError,
     file_size,
-    read_chunks,
-    records,
+    read_records,
 )
 
 SCHEMA = 5
@@ -395,9 +394,6 @@ class TraceIndexer(IndexWriter):
     def _read(self):
         """What readerproc.read yields, read here."""
         st = self.interning
-        for end, packets in read_chunks(self.trace, self.meta["offset"]):
-            recs = records(packets, st, [])
-            n = len(packets)
-            del packets   # before the next chunk is parsed
+        for end, n, recs in read_records(self.trace, self.meta["offset"], st):
             yield end, n, recs, st.rows() if st.dirty else None
             st.dirty = False
