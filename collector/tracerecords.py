@@ -217,7 +217,7 @@ def columns(data, n: int, st: Interning, out: list) -> bool:
     cols = c.packet
     ts, seqs, evs = cols.timestamp, cols.trusted_packet_sequence_id, cols.track_event
     if (len(ts) != n or len(seqs) != n or len(evs) != n
-            or any(f & SEQ_CLEARED for f in cols.sequence_flags)
+            or any(f & SEQ_CLEARED for f in set(cols.sequence_flags))
             or len(unknown_fields.UnknownFieldSet(cols))):
         return False
     start = len(out)

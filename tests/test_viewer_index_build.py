@@ -15,8 +15,9 @@ from test_viewer_live_index import QUERIES, rows
 from test_viewer_support import write_trace
 
 from gpuscope.collector import replay, tracereader
+from gpuscope.collector.fileindex import TraceIndexer
 from gpuscope.collector.perfetto import frame
-from gpuscope.collector.traceindex import TraceIndexer, connect
+from gpuscope.collector.traceindex import connect
 
 
 def build(trace: str, db: str, parallel: bool) -> dict:

@@ -15,8 +15,9 @@ import time
 
 from test_viewer_support import Synth
 
+from gpuscope.collector.fileindex import TraceIndexer
 from gpuscope.collector.liveindex import index_path
-from gpuscope.collector.traceindex import TraceIndexer, connect
+from gpuscope.collector.traceindex import connect
 from gpuscope.probes.events import Span
 from gpuscope.viewer import create_app
 

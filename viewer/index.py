@@ -10,8 +10,9 @@ import os
 import sqlite3
 import threading
 
+from gpuscope.collector.fileindex import TraceIndexer
 from gpuscope.collector.liveindex import index_path
-from gpuscope.collector.traceindex import LEVELS, OPEN_LVL, SCHEMA, TraceIndexer, connect
+from gpuscope.collector.traceindex import LEVELS, OPEN_LVL, SCHEMA, connect
 
 from .tracefile import file_size
 
