@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
+from . import pyframes
 from .events import Frame
 from .procmem import ProcessGone, ProcessMemory, ReadError
 from .pycode import CodeCache, Torn
@@ -155,12 +156,15 @@ class Walker:
 
     # ---- one snapshot --------------------------------------------------------------
 
-    def sample(self, retries: int = 3, probe: Probe | None = None
+    def sample(self, retries: int = 3, probe: Probe | None = None,
+               on_cpu_elsewhere: Callable[[int], bool] | None = None
                ) -> tuple[list[ThreadStack], dict[str, int]]:
         """Every thread's stack now. Returns (stacks, lost counts by reason); a stack
         that stays torn after `retries` attempts comes back with frames=None. With a
         probe, a thread it says is gone is not walked (state None, frames None), and
-        one that has not run since its last walk gets its last stack (reused)."""
+        one that has not run since its last walk gets its last stack (reused). A
+        running thread for which on_cpu_elsewhere(tid) is true (the kernel walks it
+        while it runs, pyperf) is not walked: frames None, error "on cpu"."""
         lost: dict[str, int] = {}
         out: list[ThreadStack] = []
         live: set[int] = set()
@@ -191,6 +195,9 @@ class Walker:
                         out.append(ThreadStack(tid, addr, False, None, "gone", time.monotonic_ns()))
                         continue
                     st, key = r
+                    if st == "R" and on_cpu_elsewhere is not None and on_cpu_elsewhere(tid):
+                        out.append(ThreadStack(tid, addr, False, None, "on cpu", time.monotonic_ns(), st))
+                        continue
                     prev = self._last.get(addr)
                     if prev is not None and st != "R" and prev[0] == key and prev[1].tid == tid:
                         s = prev[1]
@@ -369,27 +376,7 @@ class Walker:
             if hdr is None:
                 raise Torn("code object unreadable")
             infos[c] = self.code_cache.get(c, hdr)
-        frames = []
-        interp = L.frame_model != "frameobject"
-        not_started = 1 if L.instr_is_next else 0  # (see Layout.instr_is_next)
-        for k, (_addr, c, instr, keep, _prev) in enumerate(raw):
-            if not keep:
-                continue
-            info = infos[c]
-            if not interp:
-                idx = instr  # f_lasti in code units, -1 before the first instruction
-                if idx < 0:
-                    continue  # just pushed, not started: incomplete, like 3.11+'s prologue
-                if idx >= info.n_units:
-                    raise Torn("instruction out of range")
-            else:
-                idx = (instr - c - L.code_adaptive) // 2
-                if keep - 1 != L.owner_generator and idx < info.firsttraceable + (k == 0) * not_started:
-                    continue  # incomplete frame, still in its prologue
-                if not 0 <= idx < info.n_units:
-                    raise Torn("instruction out of range")
-            frames.append(info.frame(idx))
-        frames.reverse()
+        frames = pyframes.build(L, [(r[1], r[2], r[3]) for r in raw], infos)
         if L.tstate_native_tid is not None:
             tid = _u64(tb, L.tstate_native_tid)[0]
         else:
