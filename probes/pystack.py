@@ -23,53 +23,38 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import cast
 
-from . import pyframes
 from .events import Frame
 from .procmem import ProcessGone, ProcessMemory, ReadError
 from .pycode import CodeCache, Torn
+from .pyframes import FrameReader, ThreadStack
 from .pyruntime import Runtime
 from .pytids import TidMap
 
-MAX_DEPTH = 4096
 MAX_THREADS = 4096
-MAX_CHUNK_COPY = 1 << 20
 # DataLoader plumbing threads (queue feeders, pin-memory, fd sharing): while idle and
 # unchanged they are walked every THIN_EVERY-th tick; the verdict never reads them.
 THIN_EVERY = 4
+# Ticks on which nothing needs reading still read the thread list every LIST_EVERY-th
+# tick, so a new thread is sampled within that many ticks.
+LIST_EVERY = 10
 _PLUMBING = (("multiprocessing/queues.py", "_feed"),
              ("torch/utils/data/_utils/pin_memory.py", "_pin_memory_loop"),
              ("multiprocessing/resource_sharer.py", "_serve"))
 _u64 = struct.Struct("<Q").unpack_from
 _i32 = struct.Struct("<i").unpack_from
-_u32 = struct.Struct("<I").unpack_from
 
 # probe(tid) -> (state letter, run key) or None when tid is not a live thread. The key
 # changes whenever the thread has been on a CPU (e.g. /proc's schedstat line).
 Probe = Callable[[int], "tuple[str, object] | None"]
-
-
-@dataclass
-class ThreadStack:
-    tid: int
-    tstate: int
-    gil: bool
-    frames: tuple[Frame, ...] | None  # innermost last; None when lost
-    error: str | None = None
-    ts: int = 0  # CLOCK_MONOTONIC ns when the walk of this thread began
-    state: str | None = None  # the probe's state letter (None: not probed, or gone)
-    reused: bool = False  # the thread had not run: its previous stack
-    # frames None and error "thinned": an idle plumbing thread skipped this tick
-
 
 def _plumbing(frames: tuple[Frame, ...]) -> bool:
     return any(f.file.endswith(path) and f.function.rsplit(".", 1)[-1] == fn
                for f in frames for path, fn in _PLUMBING)
 
 
-class Walker:
+class Walker(FrameReader):
     """Reads all thread stacks of one process. Not thread-safe; one per pid."""
 
     @property
@@ -92,6 +77,8 @@ class Walker:
         self._last: dict[int, tuple[object, ThreadStack]] = {}  # tstate -> (run key, stack)
         self._idle_plumbing: dict[int, int] = {}  # tstate -> walks in a row, idle, same stack
         self._ticks = 0
+        self._listed: dict[int, list[tuple[int, bytes]]] = {}  # interp -> last (tstate, bytes)
+        self._probed: dict[int, tuple[str, object]] = {}  # tstate -> this tick's probe result
         self.tids = TidMap(self.L, self.mem, self.pid)
 
     # ---- interpreters and threads -------------------------------------------------
@@ -164,12 +151,21 @@ class Walker:
         probe, a thread it says is gone is not walked (state None, frames None), and
         one that has not run since its last walk gets its last stack (reused). A
         running thread for which on_cpu_elsewhere(tid) is true (the kernel walks it
-        while it runs, pyperf) is not walked: frames None, error "on cpu"."""
+        while it runs: pyperf) is not walked: frames None, error "on cpu".
+        When every thread of the last list needs no read this tick, the list itself
+        is not read again either, except every LIST_EVERY-th tick (new threads)."""
         lost: dict[str, int] = {}
         out: list[ThreadStack] = []
         live: set[int] = set()
         self._ticks += 1
         for interp in self.interpreters():
+            cached = self._listed.get(interp)
+            if probe is not None and cached and self._ticks % LIST_EVERY:
+                cheap = [self._cheap(a, tb, probe, on_cpu_elsewhere, None) for a, tb in cached]
+                if None not in cheap and not any(c.error == "gone" for c in cheap if c):
+                    live.update(a for a, _ in cached)
+                    out += cast("list[ThreadStack]", cheap)
+                    continue
             threads: list[tuple[int, bytes]] = []
             holder = 0
             for attempt in range(retries):
@@ -182,39 +178,52 @@ class Walker:
                     self._known.pop(interp, None)
                     if attempt == retries - 1:
                         lost["thread list"] = lost.get("thread list", 0) + 1
+            self._listed[interp] = threads
             if self.L.tstate_native_tid is None and self.tids.off is None and threads:
                 self.tids.calibrate(threads)
             todo: list[tuple[int, bytes, str | None, object]] = []
             for addr, tb in threads:
                 live.add(addr)
-                tid = self.tids.known(addr, tb)
-                st = key = None
-                if probe is not None and tid is not None:
-                    r = probe(tid)
-                    if r is None:  # exited, or a pre-fork thread state: not ours
-                        out.append(ThreadStack(tid, addr, False, None, "gone", time.monotonic_ns()))
-                        continue
-                    st, key = r
-                    if st == "R" and on_cpu_elsewhere is not None and on_cpu_elsewhere(tid):
-                        out.append(ThreadStack(tid, addr, False, None, "on cpu", time.monotonic_ns(), st))
-                        continue
-                    prev = self._last.get(addr)
-                    if prev is not None and st != "R" and prev[0] == key and prev[1].tid == tid:
-                        s = prev[1]
-                        out.append(ThreadStack(tid, addr, self._gil(addr, tb, holder), s.frames,
-                                               None, time.monotonic_ns(), st, True))
-                        continue
-                    if (st != "R" and self._idle_plumbing.get(addr, 0) >= 2
-                            and (self._ticks + addr // 64) % THIN_EVERY):
-                        out.append(ThreadStack(tid, addr, False, None, "thinned", time.monotonic_ns(), st))
-                        continue
-                todo.append((addr, tb, st, key))
+                done = self._cheap(addr, tb, probe, on_cpu_elsewhere, holder)
+                if done is not None:
+                    out.append(done)
+                    continue
+                r = self._probed.pop(addr, None)
+                todo.append((addr, tb, r[0] if r else None, r[1] if r else None))
             out += self._walk_all(todo, holder, retries, lost)
+        self._probed.clear()
         for addr in [a for a in self._last if a not in live]:
             del self._last[addr]
         for addr in [a for a in self._idle_plumbing if a not in live]:
             del self._idle_plumbing[addr]
         return out, lost
+
+    def _cheap(self, addr: int, tb: bytes, probe: Probe | None,
+               on_cpu_elsewhere: Callable[[int], bool] | None, holder: int | None
+               ) -> ThreadStack | None:
+        """This thread's sample when no memory read is needed (gone, on a CPU and
+        walked by the kernel, not run since its last walk, thinned); None: walk it.
+        holder None: the GIL holder was not read this tick (a reused stack keeps the
+        GIL flag it had: a thread that has not run cannot have taken or dropped it)."""
+        tid = self.tids.known(addr, tb)
+        if probe is None or tid is None:
+            return None
+        r = probe(tid)
+        if r is None:  # exited, or a pre-fork thread state: not ours
+            return ThreadStack(tid, addr, False, None, "gone", time.monotonic_ns())
+        st, key = r
+        if st == "R" and on_cpu_elsewhere is not None and on_cpu_elsewhere(tid):
+            return ThreadStack(tid, addr, False, None, "on cpu", time.monotonic_ns(), st)
+        prev = self._last.get(addr)
+        if prev is not None and st != "R" and prev[0] == key and prev[1].tid == tid:
+            s = prev[1]
+            gil = s.gil if holder is None else self._gil(addr, tb, holder)
+            return ThreadStack(tid, addr, gil, s.frames, None, time.monotonic_ns(), st, True)
+        if (st != "R" and self._idle_plumbing.get(addr, 0) >= 2
+                and (self._ticks + addr // 64) % THIN_EVERY):
+            return ThreadStack(tid, addr, False, None, "thinned", time.monotonic_ns(), st)
+        self._probed[addr] = (st, key)
+        return None
 
     def _walk_all(self, todo, holder: int, retries: int, lost: dict[str, int]) -> list[ThreadStack]:
         """Walk these threads with batched reads; one that comes out torn is walked
@@ -260,168 +269,4 @@ class Walker:
                 self._last[addr] = (key, stack)
             stack.state = st
             out.append(stack)
-        return out
-
-    # ---- threads' stacks, batched ---------------------------------------------------
-
-    def _gil(self, tstate: int, tb: bytes, holder: int) -> bool:
-        bit, status = self.L.holds_gil_bit, self.L.tstate_status  # both set, or neither
-        if bit is not None and status is not None:
-            return bool(_u32(tb, status)[0] >> bit & 1)
-        return tstate == holder
-
-    def _walk_batch(self, threads: list[tuple[int, bytes]], holder: int) -> list:
-        """ThreadStack, or the Torn/ReadError that sank it, for each (tstate, bytes).
-        Three syscalls for all of them: frame pointers and data-stack chunks; (frames
-        outside the chunks, rare, one each); then the re-check of everything."""
-        L, mem = self.L, self.mem
-        # 1. where each thread's current frame pointer lives, and its data-stack chunk
-        spans: list[tuple[int, int]] = []
-        plan: list[tuple[int, int | None, int, int, int, int]] = []
-        chunk_off, top_off = L.tstate_datastack_chunk, L.tstate_datastack_top
-        for tstate, tb in threads:
-            if L.cframe_current_frame is None:  # the pointer is in the tstate itself
-                loc, cur = tstate + L.tstate_frame, _u64(tb, L.tstate_frame)[0]
-            else:  # in a _PyCFrame (3.11/3.12)
-                loc, cur = _u64(tb, L.tstate_frame)[0] + L.cframe_current_frame, None
-            lo = hi = 0
-            if chunk_off is not None and top_off is not None:
-                lo = _u64(tb, chunk_off)[0]
-                hi = _u64(tb, top_off)[0]
-                if not (lo and lo < hi and hi - lo <= MAX_CHUNK_COPY):
-                    lo = hi = 0
-            ip = ic = -1
-            if cur is None and loc == L.cframe_current_frame:  # cframe NULL: no frame
-                loc = cur = 0
-            elif cur is None:
-                ip = len(spans)
-                spans.append((loc, 8))
-            if hi:
-                ic = len(spans)
-                spans.append((lo, hi - lo))
-            plan.append((loc, cur, lo, hi, ip, ic))
-        got = mem.read_many(spans) if spans else []
-        # 2. each thread's frame chain, from its chunk where it can
-        results: list = []
-        walks: list[tuple[int, bytes, int, int, list[tuple[int, int, int, int, int]], int] | None] = []
-        for (tstate, tb), (loc, cur, lo, hi, ip, ic) in zip(threads, plan, strict=True):
-            ts = time.monotonic_ns()
-            try:
-                if cur is None:
-                    if ip < 0:
-                        cur = 0
-                    else:
-                        fp = got[ip]
-                        if fp is None:
-                            raise Torn("frame pointer unreadable")
-                        cur = _u64(fp)[0]
-                chunk = got[ic] if ic >= 0 else None
-                if chunk is None or not lo < cur < hi:
-                    chunk, lo, hi = b"", 0, 0
-                raw = self._raw_frames(cur, chunk, lo, hi)
-            except (Torn, ReadError) as e:
-                if isinstance(e, ProcessGone):
-                    raise
-                results.append(e)
-                walks.append(None)
-                continue
-            results.append(None)
-            walks.append((tstate, tb, loc, cur, raw, ts))
-        # 3. one re-read of every pointer, frame and code header the walks relied on
-        spans = []
-        slices: list[tuple[int, list[int]] | None] = []
-        for w in walks:
-            if w is None:
-                slices.append(None)
-                continue
-            tstate, tb, loc, cur, raw, _ = w
-            codes = list(dict.fromkeys(r[1] for r in raw if r[3]))
-            start = len(spans)
-            spans.append((loc, 8))  # (loc 0, a NULL cframe: read fails, not checked)
-            spans += [(r[0], self._frame_read) for r in raw]
-            spans += [(c, self._code_read) for c in codes]
-            if L.tstate_native_tid is None:
-                spans.append((_u64(tb, L.tstate_thread_id)[0] + (self.tids.off or 0), 4))
-            slices.append((start, codes))
-        got = mem.read_many(spans) if spans else []
-        for k, (w, sl) in enumerate(zip(walks, slices, strict=True)):
-            if w is None or sl is None:  # both, or neither
-                continue
-            start, codes = sl
-            try:
-                results[k] = self._finish(w, holder, got, start, codes)
-            except (Torn, ReadError) as e:
-                if isinstance(e, ProcessGone):
-                    raise
-                results[k] = e
-        return results
-
-    def _finish(self, walk, holder: int, got: list, start: int, codes: list[int]) -> ThreadStack:
-        """The stack of one thread, if the re-read matches what its walk used."""
-        L = self.L
-        tstate, tb, loc, cur, raw, ts = walk
-        if loc and (got[start] is None or _u64(got[start])[0] != cur):
-            raise Torn("torn stack")
-        fbase = start + 1
-        for k, (_addr, code, instr, _keep, prev) in enumerate(raw):
-            fb = got[fbase + k]
-            if (fb is None or _u64(fb, L.frame_code)[0] != code
-                    or _u64(fb, L.frame_previous)[0] != prev
-                    or k and self._instr(fb) != instr):
-                raise Torn("torn stack")
-        infos = {}
-        cbase = fbase + len(raw)
-        for k, c in enumerate(codes):
-            hdr = got[cbase + k]
-            if hdr is None:
-                raise Torn("code object unreadable")
-            infos[c] = self.code_cache.get(c, hdr)
-        frames = pyframes.build(L, [(r[1], r[2], r[3]) for r in raw], infos)
-        if L.tstate_native_tid is not None:
-            tid = _u64(tb, L.tstate_native_tid)[0]
-        else:
-            tail = got[cbase + len(codes)]
-            if self.tids.off is not None and tail is not None:
-                tid = _i32(tail)[0]
-                self.tids.remember(tstate, tb, tid)
-            else:
-                tid = self.tids.fallback(tb)
-        return ThreadStack(tid, tstate, self._gil(tstate, tb, holder), tuple(frames), None, ts)
-
-    def _instr(self, fb: bytes) -> int:
-        if self.L.frame_model == "frameobject":
-            return _i32(fb, self.L.frame_instr)[0]
-        return _u64(fb, self.L.frame_instr)[0]
-
-    def _raw_frames(self, cur: int, chunk: bytes, lo: int, hi: int) -> list[tuple[int, int, int, int, int]]:
-        """[(frame address, code address, instruction, owner + 1 or 0 for a shim to
-        skip, previous)] innermost first. Frames inside [lo, hi) come from chunk."""
-        L, mem = self.L, self.mem
-        size = self._frame_read
-        # frame_owner is None only in the frameobject model, which reads no owner byte
-        code_off, prev_off, owner_off = L.frame_code, L.frame_previous, L.frame_owner or 0
-        frameobject = L.frame_model == "frameobject"
-        skip_min = L.owner_skip_min
-        out: list[tuple[int, int, int, int, int]] = []
-        seen: set[int] = set()
-        addr = cur
-        while addr:
-            if addr in seen:
-                raise Torn("frame cycle")
-            if len(seen) >= MAX_DEPTH:
-                raise Torn("stack too deep")
-            seen.add(addr)
-            if lo <= addr and addr + size <= hi:
-                fb = chunk[addr - lo : addr - lo + size]
-            else:
-                fb = mem.read(addr, size)
-            code = _u64(fb, code_off)[0]
-            prev = _u64(fb, prev_off)[0]
-            if frameobject:
-                keep = 1
-            else:
-                owner = fb[owner_off]
-                keep = owner + 1 if skip_min is None or owner < skip_min else 0
-            out.append((addr, code, self._instr(fb), keep, prev))
-            addr = prev
         return out
