@@ -12,7 +12,7 @@
 #endif
 #define FRAME_WORDS ((PY_FRAME_READ + 7) / 8)
 
-BPF_HASH(py_threads, u32, u64, 65536);           // tid -> PyThreadState address
+BPF_HASH(py_threads, u32, struct py_thread, 65536);  // tid -> its thread state
 BPF_HASH(py_procs, u32, struct py_proc, 4096);   // tgid -> per-process facts
 BPF_RINGBUF_OUTPUT(py_samples, PY_RING_PAGES);
 BPF_PERCPU_ARRAY(py_counts, u64, 3);             // 0 samples, 1 ring full, 2 read failed
@@ -35,13 +35,13 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
 {
     u64 id = bpf_get_current_pid_tgid();
     u32 tid = (u32)id, tgid = id >> 32;
-    u64 *tsp = py_threads.lookup(&tid);
-    if (!tsp)
+    struct py_thread *t = py_threads.lookup(&tid);
+    if (!t)
         return 0;
     struct py_proc *pp = py_procs.lookup(&tgid);
     if (!pp)
         return 0;
-    u64 tstate = *tsp;
+    u64 tstate = t->tstate;
     struct py_sample *s = py_samples.ringbuf_reserve(sizeof(struct py_sample));
     if (!s) {
         count(1);
@@ -105,5 +105,20 @@ int on_cpu_sample(struct bpf_perf_event_data *ctx)
     s->n = n;
     count(0);
     py_samples.ringbuf_submit(s, BPF_RB_NO_WAKEUP);
+    return 0;
+}
+
+// Whether each covered thread is on a CPU right now: a running thread is the
+// perf event's to sample; one that is runnable but waiting for a CPU is walked
+// from outside (its stack cannot change while it waits).
+TRACEPOINT_PROBE(sched, sched_switch)
+{
+    u32 prev = args->prev_pid, next = args->next_pid;
+    struct py_thread *t = py_threads.lookup(&prev);
+    if (t)
+        t->on_cpu = 0;
+    t = py_threads.lookup(&next);
+    if (t)
+        t->on_cpu = 1;
     return 0;
 }

@@ -23,6 +23,13 @@ struct py_sample {
     u8 owner[PY_MAX_FRAMES];   // frame owner (3.11+; 0 on 3.10)
 };
 
+// Per covered thread (user space sets tstate; sched_switch keeps on_cpu).
+struct py_thread {
+    u64 tstate;
+    u32 on_cpu;
+    u32 pad;
+};
+
 // Per process: where to look for the GIL holder (see pyperf.py).
 struct py_proc {
     u64 gil_addr;  // <= 3.11: &_PyRuntime.gilstate.tstate_current; 3.12: the gil struct

@@ -146,7 +146,9 @@ class OnCpuSampler:
     def cover(self, tid: int, tstate: int) -> None:
         """Walk this thread in the kernel while it is on a CPU."""
         if self._covered.get(tid) != tstate:
-            self._threads[ct.c_uint32(tid)] = ct.c_uint64(tstate)
+            leaf = self._threads.Leaf()
+            leaf.tstate = tstate
+            self._threads[ct.c_uint32(tid)] = leaf
             self._covered[tid] = tstate
 
     def uncover(self, tid: int) -> None:
@@ -159,6 +161,15 @@ class OnCpuSampler:
     def covered(self, tid: int) -> int | None:
         """The tstate the kernel walks for tid, if any."""
         return self._covered.get(tid)
+
+    def on_cpu(self, tid: int) -> bool:
+        """A covered thread running on a CPU now (not merely runnable)."""
+        if tid not in self._covered:
+            return False
+        try:
+            return bool(self._threads[ct.c_uint32(tid)].on_cpu)
+        except KeyError:
+            return False
 
     def covered_tids(self) -> set[int]:
         return set(self._covered)
@@ -265,7 +276,9 @@ class KernelWalks:
         return set(self._procs)
 
     def covers(self, tid: int) -> bool:
-        return self.oncpu.covered(tid) is not None
+        """tid is on a CPU now and the perf event samples it there (one that is
+        runnable but waiting for a CPU is the outside walker's)."""
+        return self.oncpu.on_cpu(tid)
 
     def collect(self, walkers: dict[int, Walker], lost: dict[str, int]) -> list[StackSample]:
         """The kernel's samples since the last call, as StackSamples ("running")."""
