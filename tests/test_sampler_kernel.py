@@ -4,7 +4,6 @@ walk (dump) and py-spy's frames are the oracles."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 
 import pytest
@@ -108,15 +107,18 @@ def test_switched_off_walks_running_threads_from_outside(monkeypatch):
     assert any("walked from outside (switched off" in n for n in notes), notes
 
 
-def bpf_programs() -> str:
-    return subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True).stdout
-
-
 def test_stop_detaches_the_kernel_walker():
+    """Its programs (perf event, sched_switch) are gone from the kernel's own list."""
+    import os
     import sys
 
+    from conftest import bpf_ids, prog_ids_of
+
+    before = prog_ids_of(os.getpid())
     with target(sys.executable, "parked.py") as proc:
         s = start([proc.pid])
-        assert "on_cpu_sample" in bpf_programs()
+        ours = prog_ids_of(os.getpid()) - before
+        assert len(ours) >= 2 and ours <= bpf_ids("prog")
         s.stop()
-    assert "on_cpu_sample" not in bpf_programs()
+    assert not ours & bpf_ids("prog")
+    assert prog_ids_of(os.getpid()) == before
