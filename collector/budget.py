@@ -17,6 +17,7 @@ puts the events it returns into the trace.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import deque
@@ -59,7 +60,7 @@ class OverheadBudget:
                  target_pids_fn: Callable[[], Sequence[int]] = list, *, window_s: float = 3.0,
                  settle_s: float = 3.0, restore_after_s: float = 10.0, headroom: float = 0.5,
                  ncpu: int | None = None, bpf: BpfRunTime | None = None,
-                 round_robin: bool = True):
+                 round_robin: bool = True, max_jump: int = 1):
         if not 0 <= limit_fraction <= 1:
             raise ValueError(f"overhead limit must be a fraction of the machine in [0, 1], "
                              f"not {limit_fraction}")
@@ -74,6 +75,9 @@ class OverheadBudget:
         self.ncpu = ncpu or len(os.sched_getaffinity(0)) or 1
         self.bpf = bpf
         self.round_robin = round_robin   # False: each knob all the way down before the next
+        # Levels one decision may drop when far over budget: ceil(log2(cost / limit)),
+        # at most this many (restoring is always one level at a time).
+        self.max_jump = max(1, max_jump)
         self.plan = self._plan()  # level -> per-knob levels
         self.level = 0
         self.changes: list[Change] = []
@@ -158,7 +162,9 @@ class OverheadBudget:
         new = self.level
         reason = ""
         if full and settled and self._own_pct > limit_pct and self.level < self.max_level:
-            new, reason = self.level + 1, "over budget"
+            over = self._own_pct / limit_pct if limit_pct > 0 else float("inf")
+            jump = min(self.max_jump, max(1, math.ceil(math.log2(over))) if over < 2 ** 16 else self.max_jump)
+            new, reason = min(self.max_level, self.level + jump), "over budget"
             if self.changes and self.changes[-1].reason == "under budget" and \
                     ts - self.changes[-1].ts < 3 * self.restore_ns:
                 self.restore_ns = min(self.restore_ns * 2, int(300e9))  # it did not fit: wait longer
@@ -271,7 +277,8 @@ class PipelineBudget:
             knobs = [p.source(name) for name in self.KNOBS]
             self.budget = OverheadBudget(self.limit, [k for k in knobs if hasattr(k, "set_level")],
                                          target_pids_fn=lambda: sorted(p.live), bpf=BpfRunTime(),
-                                         round_robin=False)
+                                         round_robin=False, window_s=2.0, settle_s=2.0,
+                                         max_jump=3)
         if self.budget is not None:
             p.emit(self.budget.tick())
 

@@ -36,6 +36,9 @@ MAX_THREADS = 4096
 # DataLoader plumbing threads (queue feeders, pin-memory, fd sharing): while idle and
 # unchanged they are walked every THIN_EVERY-th tick; the verdict never reads them.
 THIN_EVERY = 4
+# Ticks on which nothing needs reading still read the thread list every LIST_EVERY-th
+# tick, so a new thread is sampled within that many ticks.
+LIST_EVERY = 10
 _PLUMBING = (("multiprocessing/queues.py", "_feed"),
              ("torch/utils/data/_utils/pin_memory.py", "_pin_memory_loop"),
              ("multiprocessing/resource_sharer.py", "_serve"))
@@ -74,6 +77,8 @@ class Walker(FrameReader):
         self._last: dict[int, tuple[object, ThreadStack]] = {}  # tstate -> (run key, stack)
         self._idle_plumbing: dict[int, int] = {}  # tstate -> walks in a row, idle, same stack
         self._ticks = 0
+        self._listed: dict[int, list[tuple[int, bytes]]] = {}  # interp -> last (tstate, bytes)
+        self._probed: dict[int, tuple[str, object]] = {}  # tstate -> this tick's probe result
         self.tids = TidMap(self.L, self.mem, self.pid)
 
     # ---- interpreters and threads -------------------------------------------------
@@ -138,17 +143,29 @@ class Walker(FrameReader):
 
     # ---- one snapshot --------------------------------------------------------------
 
-    def sample(self, retries: int = 3, probe: Probe | None = None
+    def sample(self, retries: int = 3, probe: Probe | None = None,
+               on_cpu_elsewhere: Callable[[int], bool] | None = None
                ) -> tuple[list[ThreadStack], dict[str, int]]:
         """Every thread's stack now. Returns (stacks, lost counts by reason); a stack
         that stays torn after `retries` attempts comes back with frames=None. With a
         probe, a thread it says is gone is not walked (state None, frames None), and
-        one that has not run since its last walk gets its last stack (reused)."""
+        one that has not run since its last walk gets its last stack (reused). A
+        running thread for which on_cpu_elsewhere(tid) is true (the kernel walks it
+        while it runs: pyperf) is not walked: frames None, error "on cpu".
+        When every thread of the last list needs no read this tick, the list itself
+        is not read again either, except every LIST_EVERY-th tick (new threads)."""
         lost: dict[str, int] = {}
         out: list[ThreadStack] = []
         live: set[int] = set()
         self._ticks += 1
         for interp in self.interpreters():
+            cached = self._listed.get(interp)
+            if probe is not None and cached and self._ticks % LIST_EVERY:
+                cheap = [self._cheap(a, tb, probe, on_cpu_elsewhere, None) for a, tb in cached]
+                if None not in cheap and not any(c.error == "gone" for c in cheap if c):
+                    live.update(a for a, _ in cached)
+                    out += cast("list[ThreadStack]", cheap)
+                    continue
             threads: list[tuple[int, bytes]] = []
             holder = 0
             for attempt in range(retries):
@@ -161,36 +178,52 @@ class Walker(FrameReader):
                     self._known.pop(interp, None)
                     if attempt == retries - 1:
                         lost["thread list"] = lost.get("thread list", 0) + 1
+            self._listed[interp] = threads
             if self.L.tstate_native_tid is None and self.tids.off is None and threads:
                 self.tids.calibrate(threads)
             todo: list[tuple[int, bytes, str | None, object]] = []
             for addr, tb in threads:
                 live.add(addr)
-                tid = self.tids.known(addr, tb)
-                st = key = None
-                if probe is not None and tid is not None:
-                    r = probe(tid)
-                    if r is None:  # exited, or a pre-fork thread state: not ours
-                        out.append(ThreadStack(tid, addr, False, None, "gone", time.monotonic_ns()))
-                        continue
-                    st, key = r
-                    prev = self._last.get(addr)
-                    if prev is not None and st != "R" and prev[0] == key and prev[1].tid == tid:
-                        s = prev[1]
-                        out.append(ThreadStack(tid, addr, self._gil(addr, tb, holder), s.frames,
-                                               None, time.monotonic_ns(), st, True))
-                        continue
-                    if (st != "R" and self._idle_plumbing.get(addr, 0) >= 2
-                            and (self._ticks + addr // 64) % THIN_EVERY):
-                        out.append(ThreadStack(tid, addr, False, None, "thinned", time.monotonic_ns(), st))
-                        continue
-                todo.append((addr, tb, st, key))
+                done = self._cheap(addr, tb, probe, on_cpu_elsewhere, holder)
+                if done is not None:
+                    out.append(done)
+                    continue
+                r = self._probed.pop(addr, None)
+                todo.append((addr, tb, r[0] if r else None, r[1] if r else None))
             out += self._walk_all(todo, holder, retries, lost)
+        self._probed.clear()
         for addr in [a for a in self._last if a not in live]:
             del self._last[addr]
         for addr in [a for a in self._idle_plumbing if a not in live]:
             del self._idle_plumbing[addr]
         return out, lost
+
+    def _cheap(self, addr: int, tb: bytes, probe: Probe | None,
+               on_cpu_elsewhere: Callable[[int], bool] | None, holder: int | None
+               ) -> ThreadStack | None:
+        """This thread's sample when no memory read is needed (gone, on a CPU and
+        walked by the kernel, not run since its last walk, thinned); None: walk it.
+        holder None: the GIL holder was not read this tick (a reused stack keeps the
+        GIL flag it had: a thread that has not run cannot have taken or dropped it)."""
+        tid = self.tids.known(addr, tb)
+        if probe is None or tid is None:
+            return None
+        r = probe(tid)
+        if r is None:  # exited, or a pre-fork thread state: not ours
+            return ThreadStack(tid, addr, False, None, "gone", time.monotonic_ns())
+        st, key = r
+        if st == "R" and on_cpu_elsewhere is not None and on_cpu_elsewhere(tid):
+            return ThreadStack(tid, addr, False, None, "on cpu", time.monotonic_ns(), st)
+        prev = self._last.get(addr)
+        if prev is not None and st != "R" and prev[0] == key and prev[1].tid == tid:
+            s = prev[1]
+            gil = s.gil if holder is None else self._gil(addr, tb, holder)
+            return ThreadStack(tid, addr, gil, s.frames, None, time.monotonic_ns(), st, True)
+        if (st != "R" and self._idle_plumbing.get(addr, 0) >= 2
+                and (self._ticks + addr // 64) % THIN_EVERY):
+            return ThreadStack(tid, addr, False, None, "thinned", time.monotonic_ns(), st)
+        self._probed[addr] = (st, key)
+        return None
 
     def _walk_all(self, todo, holder: int, retries: int, lost: dict[str, int]) -> list[ThreadStack]:
         """Walk these threads with batched reads; one that comes out torn is walked

@@ -6,6 +6,10 @@ tracked pids (pystack.Walker) and tags each stack with the thread's kernel state
 whether it holds the GIL. schedstat (read beside stat) tells whether a thread has
 been on a CPU since its last walk; if not, its last stack is reused (stats
 "reused"). Idle DataLoader plumbing threads are walked every 4th tick ("thinned").
+Threads that are running when a tick comes are walked in the kernel instead
+(pyperf: a CPU-clock perf event at the same rate walks the frames of whichever
+watched thread it interrupts; stats "kernel"), once its program is loaded and
+where it can be: then the outside walk only reads threads that are not running.
 Samples and losses are queued for poll(). A tick that cannot start on time is
 counted late and skipped, so the achieved rate is honest. ctypes releases the GIL
 during each process_vm_readv, but the walk itself is Python: at 1 kHz it competes
@@ -22,7 +26,7 @@ import time
 from collections.abc import Iterable
 from functools import partial
 
-from . import procfs
+from . import procfs, pyperf
 from .events import CounterSample, Event, Frame, Loss, StackSample
 from .procmem import NoPermission, ProcessGone, ProcessMemory, ReadError
 from .pyruntime import NotPython, Runtime, UnsupportedVersion, find_runtime, runtime_for_child
@@ -64,7 +68,9 @@ class PythonSampler(Source):
         self._expected_before = 0.0  # ticks the earlier levels asked for
         self._level_since = 0.0
         self._counts = {"events": 0, "lost": 0, "errors": 0, "ticks": 0, "late": 0,
-                        "stale": 0, "threads": 0, "reused": 0, "thinned": 0}
+                        "stale": 0, "threads": 0, "reused": 0, "thinned": 0, "kernel": 0}
+        self._kernel: pyperf.KernelWalks | None = None  # set when its program is loaded
+        self._kernel_thread: threading.Thread | None = None
 
     # ---- Source interface ------------------------------------------------------------
 
@@ -80,6 +86,32 @@ class PythonSampler(Source):
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="gpuscope-python-sampler", daemon=True)
         self._thread.start()
+        self._start_kernel_walks()
+
+    def _start_kernel_walks(self) -> None:
+        """Compile the in-kernel walker (seconds) beside the running sampler; until it
+        is loaded, or where it cannot be, running threads are walked from outside."""
+        why = pyperf.available()
+        walkers = self._snapshot()
+        if why is not None or not walkers:
+            if why is not None and walkers:
+                self._notice(f"python sampler: running threads walked from outside ({why})")
+            return
+
+        def load() -> None:
+            try:
+                kw = pyperf.KernelWalks(pyperf.OnCpuSampler(walkers[0].L, int(self.current_hz)))
+            except Exception as e:  # BCC or perf events unavailable: the outside walk stays
+                self._notice(f"python sampler: running threads walked from outside "
+                             f"(kernel walker not loaded: {str(e).splitlines()[0][:120]})")
+                return
+            if self._stop.is_set():
+                kw.close()
+            else:
+                self._kernel = kw
+
+        self._kernel_thread = threading.Thread(target=load, name="gpuscope-pyperf-load", daemon=True)
+        self._kernel_thread.start()
 
     def add_process(self, pid: int) -> None:
         """A new process (fork, or exec of an existing pid): resolve it, reusing the
@@ -121,6 +153,12 @@ class PythonSampler(Source):
         t, self._thread = self._thread, None
         if t is not None and t is not threading.current_thread():
             t.join(timeout=5)
+        k, self._kernel_thread = self._kernel_thread, None
+        if k is not None:
+            k.join(timeout=60)  # a compile in progress cannot be cut short
+        kw, self._kernel = self._kernel, None
+        if kw is not None:
+            kw.close()
         self._states.close()
 
     def stats(self) -> SourceStats:
@@ -263,10 +301,21 @@ class PythonSampler(Source):
         live: set[tuple[int, int]] = set()
         gone: list[int] = []
         states = self._states
-        for w in self._snapshot():
+        walkers = self._snapshot()
+        kw = self._kernel
+        covers = None
+        if kw is not None:
+            if kw.oncpu.rate_hz != int(self.current_hz):
+                kw.oncpu.set_rate(int(self.current_hz))
+            for pid in kw.pids() - {w.pid for w in walkers}:
+                kw.remove(pid)
+            covers = kw.covers
+        for w in walkers:
             pid = w.pid
             try:
-                stacks, wl = w.sample(self.retries, partial(states.probe, pid))
+                covered = kw is not None and kw.add(w)
+                stacks, wl = w.sample(self.retries, partial(states.probe, pid),
+                                      covers if covered else None)
             except ProcessGone:
                 gone.append(w.pid)
                 continue
@@ -280,6 +329,8 @@ class PythonSampler(Source):
             for reason, n in wl.items():
                 lost[reason] = lost.get(reason, 0) + n
                 errors += n
+            if covered and kw is not None:
+                kw.cover(pid, [(s.tid, s.tstate) for s in stacks if s.error != "gone"])
             for s in stacks:
                 threads += 1
                 st = s.state if s.state is not None or s.error == "gone" else states.state(pid, s.tid)
@@ -290,6 +341,8 @@ class PythonSampler(Source):
                 if s.error == "thinned":
                     thinned += 1
                     continue
+                if s.error == "on cpu":  # the kernel walks it while it runs
+                    continue
                 if s.frames is None:
                     continue
                 reused += s.reused
@@ -297,6 +350,15 @@ class PythonSampler(Source):
                 samples.append(StackSample(w.pid, s.tid, s.ts, "running" if running else "idle",
                                            s.gil, s.frames))
         self._states.keep_only(live)
+        if kw is not None:
+            got = kw.collect({w.pid: w for w in walkers}, lost)
+            kernel = len(got)
+            samples += got
+            for reason, n in lost.items():
+                if reason.endswith("(kernel walk)") or reason.startswith("stack too deep for the kernel"):
+                    errors += n
+        else:
+            kernel = 0
         with self._cond:
             c = self._counts
             c["ticks"] += 1
@@ -304,6 +366,7 @@ class PythonSampler(Source):
             c["stale"] += stale
             c["reused"] += reused
             c["thinned"] += thinned
+            c["kernel"] += kernel
             c["threads"] = threads
             c["lost"] += sum(lost.values())
             for reason, n in lost.items():

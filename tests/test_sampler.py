@@ -1,6 +1,7 @@
 """The out-of-process Python sampler against real interpreters (no mocks).
 
-Every interpreter on the machine is a parameter; a missing one is skipped with
+These are the outside walk's tests: the kernel's walk of running threads is off
+here (tests/test_sampler_kernel.py tests it). Every interpreter on the machine is a parameter; a missing one is skipped with
 its reason. py-spy (from PyPI, in the venv) is the oracle for stacks.
 """
 
@@ -40,6 +41,13 @@ INTERPRETERS = {
     "3.13.0": _pyenv("3.13.0"),
     "debian-3.11-static": "/usr/bin/python3.11" if os.path.exists("/usr/bin/python3.11") else None,
 }
+
+
+@pytest.fixture(autouse=True)
+def outside_walk_only(monkeypatch):
+    """These tests are the outside walker's, running threads included (the kernel's
+    walk of running threads is tests/test_sampler_kernel.py's)."""
+    monkeypatch.setenv("GPUSCOPE_PYTHON_KERNEL_WALK", "0")
 
 
 @pytest.fixture(params=sorted(INTERPRETERS))
