@@ -10,7 +10,10 @@ the target tree's own CPU for scale.
 
 Knobs are the sources' `levels() -> int` / `set_level(n)` (0 = full detail).
 Budget levels step through them round-robin, in the order given, so each step
-costs a little detail from one source rather than a lot from one.
+costs a little detail from one source rather than a lot from one (or each knob
+all the way down in turn). Far over budget, one decision may drop several
+levels (ceil(log2(cost / limit)), at most max_jump), so a capture is within
+budget seconds after it starts; restoring is one level at a time.
 The caller (the session's periodic tick) calls tick(now) about once a second and
 puts the events it returns into the trace.
 """
@@ -180,15 +183,18 @@ class OverheadBudget:
             if ts - self._last_change > 10 * self.restore_ns:
                 self.restore_ns = self.restore_base_ns  # stable a long time: forget the backoff
         if new != self.level:
-            self._apply(new)
             self._last_change = ts
-            detail = self.describe(new)
-            self.changes.append(Change(ts, new, reason, round(self._own_pct, 3), detail))
-            events.append(Instant("gpuscope", f"overhead: level {new} ({detail}), gpuscope "
-                                  f"{self._own_pct:.1f}% of machine ({reason}, limit "
-                                  f"{limit_pct:g}%)", 0, 0, ts,
-                                  {"level": new, "reason": reason, "own_pct": round(self._own_pct, 3),
-                                   "target_pct": round(self._target_pct, 3), "limit_pct": limit_pct}))
+            # A jump passes each level on the way, each said (one decision, one ts).
+            step = 1 if new > self.level else -1
+            for lvl in range(self.level + step, new + step, step):
+                self._apply(lvl)
+                detail = self.describe(lvl)
+                self.changes.append(Change(ts, lvl, reason, round(self._own_pct, 3), detail))
+                events.append(Instant("gpuscope", f"overhead: level {lvl} ({detail}), gpuscope "
+                                      f"{self._own_pct:.1f}% of machine ({reason}, limit "
+                                      f"{limit_pct:g}%)", 0, 0, ts,
+                                      {"level": lvl, "reason": reason, "own_pct": round(self._own_pct, 3),
+                                       "target_pct": round(self._target_pct, 3), "limit_pct": limit_pct}))
             # The window measured the old level: start it again for the new one.
             last = self._samples[-1]
             self._samples.clear()

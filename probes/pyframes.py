@@ -41,6 +41,7 @@ def build(L: Layout, chain: list[tuple[int, int, int]], infos: dict) -> list[Fra
     frames = []
     interp = L.frame_model != "frameobject"
     not_started = 1 if L.instr_is_next else 0  # (see Layout.instr_is_next)
+    adaptive = L.code_adaptive or 0  # set for every interpframe layout
     for k, (c, instr, keep) in enumerate(chain):
         if not keep:
             continue
@@ -52,7 +53,7 @@ def build(L: Layout, chain: list[tuple[int, int, int]], infos: dict) -> list[Fra
             if idx >= info.n_units:
                 raise Torn("instruction out of range")
         else:
-            idx = (instr - c - L.code_adaptive) // 2
+            idx = (instr - c - adaptive) // 2
             if keep - 1 != L.owner_generator and idx < info.firsttraceable + (k == 0) * not_started:
                 continue  # incomplete frame, still in its prologue
             if not 0 <= idx < info.n_units:

@@ -54,7 +54,7 @@ def in_root_pid_namespace() -> bool:
 
 def cflags(L: Layout) -> list[str]:
     """The layout's offsets as -D flags: one compiled program per CPython layout."""
-    f = {
+    f: dict[str, object] = {
         "PY_MAX_FRAMES": MAX_FRAMES,
         "PY_TSTATE_FRAME": L.tstate_frame,
         "PY_FRAME_READ": L.frame_read,
