@@ -17,7 +17,10 @@ from collections import Counter, defaultdict
 from gpuscope.probes.events import CounterSample, Instant, Span, StackSample, ThreadName
 from gpuscope.probes.sampler import RATE_TRACK
 
-from .steps import COMM, COMPUTE, DATA, H2D, SYNC, build_steps, confidence
+from . import mainphase
+from .mainphase import in_frames as _in
+from .mainphase import label as _label
+from .steps import COMPUTE, DATA, H2D, Markers, build_marked_steps, build_steps, confidence
 
 HIGH, MODERATE = 0.20, 0.05
 _NON_FILES = ("pipe:", "socket:", "anon_inode:", "/dev/", "/proc/", "/sys/", "eventfd", "pipe",
@@ -30,15 +33,6 @@ _SYNC_FNS = {"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchro
 
 def _is_data_file(path: str | None) -> bool:
     return bool(path and not path.startswith(_NON_FILES))
-
-
-def _in(frames, file_suffix: str, func: str | None = None) -> bool:
-    return any(f.file.endswith(file_suffix) and (func is None or f.function.rsplit(".", 1)[-1] == func)
-               for f in frames)
-
-
-def _label(f) -> str:
-    return f"{f.function} ({os.path.basename(f.file)}:{f.line})"
 
 
 class StallAnalysis:
@@ -70,6 +64,12 @@ class StallAnalysis:
         self.names: dict[int, str] = {}
         self.h2d_bytes = 0
         self.first_ts = self.last_ts = 0
+        self.markers: dict[int, Markers] = defaultdict(Markers)  # tid -> PyTorch's step markers
+        self.loop_frames: Counter = Counter()            # (file, function) calling into torch
+        self.loop_frame: tuple[str, str] | None = None
+        self.producers: Counter = Counter()             # the loop's own batch producer -> samples
+        self.dataloader_seen = False                    # the loop takes batches from a DataLoader
+        self.main_io = [0, 0, 0]                        # the loop thread's data-file bytes, calls, ns
 
     # -- feeding -------------------------------------------------------------
     def feed(self, batch) -> None:
@@ -91,8 +91,15 @@ class StallAnalysis:
                 self.slowest_period = max(self.slowest_period, int(1e9 / ev.value))
 
     def _span(self, s: Span) -> None:
-        if s.cat == "io" and s.name in _DATA_IO and _is_data_file(s.args.get("path")):
+        if s.cat == "torch":
+            if self.markers[s.tid].add(s.name, s.start, s.end) and s.name != "backward":
+                self._loop_seen(s.pid, s.tid)
+        elif s.cat == "io" and s.name in _DATA_IO and _is_data_file(s.args.get("path")):
             self.io_last[s.tid] = (s.start, s.end)
+            if s.tid == self.main_tid:
+                self.main_io[0] += s.args.get("bytes", 0)
+                self.main_io[1] += 1
+                self.main_io[2] += s.end - s.start
             if s.pid != self.main_pid or s.tid == self.main_tid:
                 f = self.files[s.args["path"]]
                 if "bytes" in s.args:
@@ -122,51 +129,42 @@ class StallAnalysis:
             self.first_ts = s.ts
         self.last_ts = s.ts
         in_worker = _in(frames, "torch/utils/data/_utils/worker.py", "_worker_loop")
-        if not in_worker and _in(frames, "torch/utils/data/dataloader.py", "__next__"):
-            # A training loop: the target's own, or (under a launcher) the first rank's.
-            self.loops.add(s.pid)
-            if self.main_tid is None or (s.pid == self.root and self.main_pid != self.root):
-                self.main_pid, self.main_tid = s.pid, s.tid
-                self.main.clear()
+        if not in_worker and mainphase.loop_evidence(frames):
+            self._loop_seen(s.pid, s.tid)
+            if s.tid == self.main_tid and not mainphase.in_dataloader_next(frames):
+                key = mainphase.loop_frame(frames)
+                if key:
+                    self.loop_frames[key] += 1
+                    if self.loop_frames[key] >= 3:
+                        self.loop_frame = self.loop_frames.most_common(1)[0][0]
         if s.tid == self.main_tid:
             self._main_sample(s)
         elif in_worker and s.tid == s.pid and self.parent.get(s.pid, self.main_pid) == self.main_pid:
             self._worker_sample(s)
 
+    def _loop_seen(self, pid: int, tid: int) -> None:
+        """A training loop: the target's own, or (under a launcher) the first rank's."""
+        self.loops.add(pid)
+        if self.main_tid is None or (pid == self.root and self.main_pid != self.root):
+            self.main_pid, self.main_tid = pid, tid
+            self.main.clear()
+            self.loop_frames.clear()
+            self.loop_frame = None
+
     def _main_sample(self, s: StackSample) -> None:
         frames = s.frames
         cuda = self._covers(self.cuda_last, s.tid, s.ts)
-        if cuda and cuda[2] == "h2d":
-            phase = H2D
-        elif cuda and cuda[2] == "comm" or _in(frames, "torch/distributed/distributed_c10d.py"):
-            phase = COMM
-        elif cuda and cuda[2] == "sync":
-            phase = SYNC
-        elif _in(frames, "torch/utils/data/dataloader.py", "__next__"):
-            phase = DATA
-        else:
-            phase = COMPUTE
-        detail = self._data_detail(s) if phase == DATA else ""
+        io = bool(self._covers(self.io_last, s.tid, s.ts))
+        phase, detail, producer = mainphase.classify(frames, s.state, cuda, io, bool(self.workers),
+                                                     self.loop_frame)
         if phase == DATA:
             self.main_frames[tuple(_label(f) for f in frames[-6:])] += 1
+            if producer:
+                self.producers[producer] += 1
+            else:
+                self.dataloader_seen = True
         self.main.append((s.ts, phase, detail))
         self.main_last_phase, self.main_last_ts = phase, s.ts
-
-    def _data_detail(self, s: StackSample) -> str:
-        """Where the main thread's data wait goes."""
-        f = s.frames
-        if self._covers(self.io_last, s.tid, s.ts):
-            return "main_fetch"
-        if _in(f, "torch/utils/data/_utils/pin_memory.py") or _in(f, "torch/utils/data/dataloader.py", "_pin_memory_loop"):
-            return "pin"
-        if _in(f, "torch/utils/data/_utils/collate.py"):
-            return "collate"
-        if _in(f, "torch/utils/data/_utils/fetch.py") or not _in(f, "multiprocessing/") and s.state == "running" \
-                and not _in(f, "threading.py") and not _in(f, "queue.py"):
-            return "main_transform" if not self.workers else "main_other"
-        if s.state == "running" and (_in(f, "multiprocessing/queues.py") or _in(f, "multiprocessing/connection.py")):
-            return "ipc"  # unpickling a batch sent by a worker
-        return "waiting_for_workers"
 
     def _worker_sample(self, s: StackSample) -> None:
         self.workers.add(s.pid)
@@ -196,7 +194,11 @@ class StallAnalysis:
 
     # -- verdict ---------------------------------------------------------------
     def stall_intervals(self) -> list[tuple[int, int]]:
-        """Runs of main-thread samples waiting for data: the Verdict track."""
+        """The Verdict track: the loop's DataLoader __next__ regions where they
+        were seen (exact), else runs of main-thread samples waiting for data."""
+        m = self.markers.get(self.main_tid) if self.main_tid is not None else None
+        if m and m.batches:
+            return sorted(m.batches)
         out: list[tuple[int, int]] = []
         start: int | None = None
         for (ts, phase, _), nxt in zip(self.main, self.main[1:] + [(self.last_ts, "", "")], strict=False):
@@ -212,7 +214,15 @@ class StallAnalysis:
         gaps = sorted(b[0] - a[0] for a, b in zip(self.main, self.main[1:], strict=False))
         if gaps:
             self.period = max(1, gaps[len(gaps) // 2], self.slowest_period)
-        steps = build_steps(self.main, self.period)
+        m = self.markers.get(self.main_tid) if self.main_tid is not None else None
+        marked = m.boundaries() if m else None
+        regions = m.batches if m else []
+        if marked:
+            steps = build_marked_steps(marked[0], self.main, self.period, regions)
+        else:
+            steps = build_steps(self.main, self.period)
+            if len(steps) < 3:  # a loop without a DataLoader whose producer was not seen
+                steps = build_steps(self.main, self.period, COMPUTE) if not steps else steps
         wall = sum(s.wall_ns for s in steps)
         phase_ns: Counter[str] = Counter()
         for s in steps:
@@ -230,20 +240,27 @@ class StallAnalysis:
         findings = self._findings(steps, sampled, share, phase_ns)
         findings.sort(key=lambda f: -f["stall_ms"])
         primary = findings[0]["kind"] if findings else None
-        conf = confidence(steps)
-        if self.slowest_period > self.requested_period and conf == "high":
+        data_exact = bool(marked and regions) and not self.producers
+        conf, basis = confidence(steps, self.period, exact=bool(marked), data_exact=data_exact,
+                                 main_samples=sum(st.samples for st in steps))
+        if self.slowest_period > self.requested_period and conf == "high" and not data_exact:
             conf = "medium"   # the budget lowered the sampling rate: fewer samples per step
+            basis += f"; sampling rate lowered to {1e9 / self.slowest_period:.0f} Hz by the budget"
         headline = self._headline(level, share, findings, steps)
         return {
             "verdict": {"input_bound": level, "data_wait_share": round(share, 4),
-                        "confidence": conf, "primary": primary, "headline": headline,
+                        "confidence": conf, "confidence_basis": basis,
+                        "steps_from": marked[1] if marked else "sampled stacks",
+                        "primary": primary, "headline": headline,
                         "findings": findings,
                         "window_ns": [steps[0].start_ns, steps[-1].end_ns],
                         "step_ms_median": round(sorted(s.wall_ns for s in steps)[len(steps) // 2] / 1e6, 2),
                         "breakdown": {k: round(v / sampled, 4) for k, v in sorted(phase_ns.items())},
                         "workers": len(self.workers), "cores": self.cores,
                         "training_loop": {"pid": self.main_pid, "tid": self.main_tid},
-                        "training_loops_seen": len(self.loops)},
+                        "training_loops_seen": len(self.loops),
+                        "data_producers": [{"frame": k, "samples": n}
+                                           for k, n in self.producers.most_common(3)]},
             "steps": [s.as_dict() for s in steps],
             "stall_frames": [{"stack": list(k), "samples": n} for k, n in self.stall_frames.most_common(15)],
             "main_wait_frames": [{"stack": list(k), "samples": n} for k, n in self.main_frames.most_common(5)],
@@ -253,8 +270,8 @@ class StallAnalysis:
     def _no_steps_reason(self) -> str:
         if not self.first_ts:
             return "no Python samples of the training loop: is the target a PyTorch job (CPython 3.10-3.13)?"
-        return ("no training steps found: the main thread never entered a DataLoader's __next__ "
-                "during the capture (not a DataLoader loop, or capture too short)")
+        return ("no training steps found: no optimizer step, backward pass or DataLoader batch "
+                "was seen on any thread during the capture (not a training loop, or capture too short)")
 
     def _top_files(self) -> list[dict]:
         top = sorted(self.files.items(), key=lambda kv: -kv[1][2])[:10]
@@ -278,11 +295,16 @@ class StallAnalysis:
             out.append({"kind": kind, "title": title, "severity": severity, "stall_ms": round(weight_ms, 1),
                         "numbers": numbers, "evidence": evidence, "fix": fix})
 
+        prod = self.producers.most_common(1)[0][0] if self.producers else None
+        own = prod is not None and not self.dataloader_seen   # no DataLoader: the loop's own producer
+        io_b, io_n, io_ns = self.main_io
+        prod_ev = [f"batches made on the loop's thread by {prod}: {stall_ms / len(steps):.1f} ms/step; "
+                   f"its file reads: {io_n} ({io_b / 1e6:.1f} MB, {io_ns / 1e6:.0f} ms)"] if own else []
         if share < MODERATE:
             add("not_input_bound", f"Not input-bound: {share:.1%} of step time waits for data",
-                "info", 0, {"data_wait_share": round(share, 4)},
-                [f"{len(steps)} steps, median {self._median_ms(steps):.1f} ms, data wait {stall_ms / len(steps):.1f} ms/step"],
-                "Look at compute: the input pipeline keeps up.")
+                "info", 0, {"data_wait_share": round(share, 4), **({"producer": prod} if own else {})},
+                [f"{len(steps)} steps, median {self._median_ms(steps):.1f} ms, data wait {stall_ms / len(steps):.1f} ms/step"]
+                + prod_ev, "Look at compute: the input pipeline keeps up.")
         sev = "high" if share >= HIGH else "medium"
         lat = sorted(self.read_lat)
         io_numbers = {"files": len(self.files), "bytes": sum(f[0] for f in self.files.values()),
@@ -290,7 +312,13 @@ class StallAnalysis:
                       "read_latency_ms_mean": round(sum(lat) / len(lat) / 1e6, 2) if lat else 0,
                       "read_latency_ms_p95": round(lat[int(0.95 * (len(lat) - 1))] / 1e6, 2) if lat else 0}
         top_frames = [" <- ".join(reversed(k[-3:])) for k, _ in self.stall_frames.most_common(3)]
-        if share >= MODERATE and n_workers == 0:
+        if share >= MODERATE and own:
+            add("loop_producer_stall", f"The loop makes its own batches: {prod} takes {share:.0%} of step time",
+                sev, stall_ms, {"producer": prod, "loading_share": round(share, 4), "main_read_bytes": io_b,
+                                "main_reads": io_n}, prod_ev,
+                "Make the next batch while this step computes: a DataLoader with workers over the same "
+                "reads (or a prefetching thread), pinned memory and non_blocking copies.")
+        elif share >= MODERATE and n_workers == 0:
             main_fetch = detail["main_fetch"] / dtotal
             add("too_few_workers", "num_workers=0: the training loop loads every batch itself", sev,
                 stall_ms, {"num_workers": 0, "cores": self.cores, "loading_share": round(share, 4),
