@@ -13,6 +13,7 @@ Ways to slow it (combine as needed):
              through LIB (a libcuda.so.1: the real driver, or the stand-in in
              samples/standin/ on machines without a GPU)
   control:   --compute-ms Y with fast loading = compute-bound
+  loader:    --stateful  torchdata's StatefulDataLoader (a DataLoader subclass) instead
 Ground truth: --log FILE gets one JSON line per step with the time the main
 loop spent blocked in the DataLoader (data_ns) and computing (compute_ns).
 """
@@ -89,6 +90,7 @@ def main() -> None:
     ap.add_argument("--worker-init-ms", type=float, default=0, help="work when each worker starts")
     ap.add_argument("--h2d-standin", metavar="LIB", help="libcuda.so.1 whose cuMemcpyHtoD_v2 copies each batch")
     ap.add_argument("--h2d-mb", type=float, default=64, help="MB copied host-to-device per step")
+    ap.add_argument("--stateful", action="store_true", help="torchdata's StatefulDataLoader")
     ap.add_argument("--steps", type=int, default=0, help="0 = run until killed")
     ap.add_argument("--log", help="ground-truth log (JSON lines)")
     a = ap.parse_args()
@@ -98,7 +100,11 @@ def main() -> None:
     limit = a.epoch_batches * a.batch
     ds = FileDataset(a.data, a.transform_ms, a.payload_floats, limit)
     init = (lambda _wid: spin_torch(a.worker_init_ms, torch.rand(64, 64))) if a.worker_init_ms else None
-    loader = DataLoader(ds, batch_size=a.batch, shuffle=True, num_workers=a.workers,
+    if a.stateful:
+        from torchdata.stateful_dataloader import StatefulDataLoader as Loader
+    else:
+        Loader = DataLoader
+    loader = Loader(ds, batch_size=a.batch, shuffle=True, num_workers=a.workers,
                         pin_memory=a.pin_memory, worker_init_fn=init,
                         persistent_workers=a.persistent_workers and a.workers > 0,
                         collate_fn=identity_collate if a.payload_floats else None)
