@@ -33,6 +33,17 @@ def label(f) -> str:
     return f"{f.function} ({os.path.basename(f.file)}:{f.line})"
 
 
+def by_function(labels) -> list[dict]:
+    """Producer labels ("get_batch (train.py:34)": samples) summed per function,
+    each named by its most sampled line."""
+    funcs: dict[str, list] = {}
+    for lab, n in labels.most_common():
+        f = funcs.setdefault(lab.rsplit(":", 1)[0], [lab, 0])
+        f[1] += n
+    top = sorted(funcs.values(), key=lambda v: -v[1])[:3]
+    return [{"frame": lab, "samples": n} for lab, n in top]
+
+
 def in_dataloader_next(frames) -> bool:
     return in_frames(frames, _DL, "__next__")
 

@@ -31,6 +31,8 @@ def render(summary: dict) -> str:
         parts = ", ".join(f"{k.replace('_', ' ')} {x:.0%}" for k, x in sorted(b.items(), key=lambda kv: -kv[1]))
         lines.append(f"  {len(summary.get('steps', []))} steps, median {v['step_ms_median']} ms; "
                      f"step time: {parts} (step model confidence: {v['confidence']})")
+        if v.get("confidence_basis"):
+            lines.append(f"  steps from {v['steps_from']}; {v['confidence_basis']}")
         lines.append(f"  DataLoader workers seen: {v['workers']}, CPU cores: {v['cores']}")
     for f in v.get("findings", []):
         lines.append(f"  [{f['severity']}] {f['title']}")
