@@ -23,6 +23,7 @@ from .findings import findings as find
 from .findings import headline as headline_of
 from .mainphase import in_frames as _in
 from .mainphase import label as _label
+from .sizing import sizing
 from .steps import COMPUTE, DATA, Markers, build_marked_steps, build_steps, confidence
 
 _NON_FILES = ("pipe:", "socket:", "anon_inode:", "/dev/", "/proc/", "/sys/", "eventfd", "pipe",
@@ -70,6 +71,9 @@ class StallAnalysis:
         self.loop_frames: Counter = Counter()            # (file, function) calling into torch
         self.loop_frame: tuple[str, str] | None = None
         self.producers: Counter = Counter()             # the loop's own batch producer -> samples
+        self.worker_all: Counter = Counter()            # every worker sample: category -> samples
+        self.worker_last: dict[int, int] = {}           # pid -> last sample ts
+        self.cuda_calls = 0
         self.dataloader_seen = False                    # the loop takes batches from a DataLoader
         self.main_io = [0, 0, 0, 0]                     # the loop thread's data-file bytes, calls, ns, mmaps
 
@@ -115,6 +119,7 @@ class StallAnalysis:
         elif s.cat == "sched.summed":  # short waits, summed in the kernel
             self.runq_ns[s.pid] += s.args.get("preempted_ns", 0)
         elif s.cat in ("cuda", "nccl"):
+            self.cuda_calls += 1
             kind = ("comm" if s.cat == "nccl" else "sync" if s.name in _SYNC_FNS
                     else "h2d" if s.args.get("kind") == "HtoD" or "HtoD" in s.name else "")
             if kind:
@@ -188,6 +193,8 @@ class StallAnalysis:
             cat = "transform"
         else:
             cat = "other"
+        self.worker_all[cat] += 1
+        self.worker_last[s.pid] = s.ts
         if self.main_last_phase == DATA and s.ts - self.main_last_ts <= 3 * self.period:
             self.worker_cat[cat] += 1
             if cat in ("fetch", "transform"):
@@ -262,7 +269,8 @@ class StallAnalysis:
                         "workers": len(self.workers), "cores": self.cores,
                         "training_loop": {"pid": self.main_pid, "tid": self.main_tid},
                         "training_loops_seen": len(self.loops),
-                        "data_producers": mainphase.by_function(self.producers)},
+                        "data_producers": mainphase.by_function(self.producers),
+                        "sizing": sizing(self, steps, share)},
             "steps": [s.as_dict() for s in steps],
             "stall_frames": [{"stack": list(k), "samples": n} for k, n in self.stall_frames.most_common(15)],
             "main_wait_frames": [{"stack": list(k), "samples": n} for k, n in self.main_frames.most_common(5)],

@@ -39,6 +39,10 @@ def render(summary: dict) -> str:
         for e in f["evidence"]:
             lines.append(f"      - {e}")
         lines.append(f"      fix: {f['fix']}")
+    sz = v.get("sizing")
+    if sz:
+        lines.append("  sizing:")
+        lines += [f"      - {x}" for x in sz["lines"]]
     files = summary.get("top_files") or []
     if files and v.get("input_bound") not in (None, "no", "unknown"):
         lines.append("  top files by read time: " + ", ".join(

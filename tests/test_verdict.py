@@ -111,6 +111,16 @@ def test_cpu_evidence_names_the_transform(tmp_path_factory):
     assert any(fr.startswith("spin_torch (train.py:") for fr in frames), frames[:10]
 
 
+def test_sizing_shows_its_arithmetic(tmp_path_factory):
+    """1 worker, 8 items x 12 ms of transform per batch, 30 ms of compute: more workers, more cores."""
+    r = run_once("cpu_transform", tmp_path_factory)
+    z = r["summary"]["verdict"]["sizing"]
+    assert z["worker_cpu_ms_per_batch"] >= 50 and z["workers_needed"] >= 2, z
+    assert z["cores_needed_per_gpu"] >= 3 and z["speedup_without_stall"] > 1.2, z
+    assert z["gpu_seen"] is False and any("cannot tell (no GPU seen)" in x for x in z["lines"])
+    assert "sizing:" in r["stderr"] and "num_workers >= " in r["stderr"]
+
+
 def test_h2d_evidence_from_the_cuda_probes(tmp_path_factory):
     r = run_once("h2d_copy", tmp_path_factory)
     v = r["summary"]["verdict"]
