@@ -113,6 +113,8 @@ def classify(frames, state: str, cuda, main_io: bool, have_workers: bool,
         return SYNC, "", ""
     if in_dataloader_next(frames):
         return DATA, _data_detail(frames, state, main_io, have_workers), ""
+    if in_frames(frames, _DL, "__iter__"):
+        return DATA, "epoch_start", ""  # a new epoch's iterator (non-persistent workers: forked now)
     p = producer_frame(frames, loop)
     if p is not None:
         return DATA, "main_fetch" if main_io else "main_produce", label(p)

@@ -228,7 +228,8 @@ class StallAnalysis:
         marked = m.boundaries() if m else None
         regions = m.batches if m else []
         if marked:
-            steps = build_marked_steps(marked[0], self.main, self.period, regions)
+            steps = build_marked_steps(marked[0], self.main, self.period, regions,
+                                       m.optimizer + m.backward if m else [])
         else:
             steps = build_steps(self.main, self.period)
             if len(steps) < 3:  # a loop without a DataLoader whose producer was not seen

@@ -91,10 +91,10 @@ class Markers:
 
     def boundaries(self) -> tuple[list[int], str] | None:
         """Step starts and what they are. One step per update: between two
-        optimizer steps (else backward passes), the step starts at the last
-        DataLoader batch asked for before the update, as a loop's own log
-        times it; a __next__ that only ends an epoch (StopIteration) or an
-        accumulated micro-batch starts none. Without a DataLoader: the
+        optimizer steps (else backward passes), the step starts at the first
+        DataLoader batch asked for after the previous update (a __next__ that
+        only ends an epoch then starts the next epoch's first step, and
+        accumulated micro-batches start none). Without a DataLoader: the
         updates themselves."""
         anchors, what, one = sorted(self.optimizer), "optimizer steps", "optimizer step"
         if len(anchors) < 3:
@@ -106,22 +106,26 @@ class Markers:
             return anchors, what
         out, j = [], 0
         for a in anchors:
-            last = None
+            first = None
             while j < len(batches) and batches[j] < a:
-                last = batches[j]
+                first = batches[j] if first is None else first
                 j += 1
-            if last is not None:
-                out.append(last)
+            if first is not None:
+                out.append(first)
         return (out, f"DataLoader batches, one per {one}") if len(out) >= 3 else (anchors, what)
 
 
 def build_marked_steps(bounds: list[int], samples: list[tuple[int, str, str]], period_ns: int,
-                       regions: list[tuple[int, int]]) -> list[Step]:
+                       regions: list[tuple[int, int]], work: list[int] | None = None) -> list[Step]:
     """Steps between exact boundaries. Data wait: the DataLoader __next__
-    regions (exact), plus sampled data wait outside them (a loop's own batch
-    producer). Copies, syncs, communication: sampled, each sample's time spread
-    over the steps it spans (a 10 ms sample over five 2 ms steps). Compute:
-    the rest. The first complete step is dropped (warm-up)."""
+    regions (exact); an epoch's turn, from the __next__ that ends it to the
+    next epoch's first one with no training work between (work: optimizer
+    step and backward starts) and no sample there outside DataLoader code
+    (iter() starting the next epoch: forking workers, when the sampler is
+    blind to the loop); plus sampled data wait elsewhere (a loop's own batch
+    producer). Copies, syncs, communication: sampled, each sample's time
+    spread over the steps it spans (a 10 ms sample over five 2 ms steps).
+    Compute: the rest. The first complete step is dropped (warm-up)."""
     steps = [Step(n, a, b) for n, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False))]
     if not steps:
         return []
@@ -143,6 +147,17 @@ def build_marked_steps(bounds: list[int], samples: list[tuple[int, str, str]], p
 
     for a, b in regions:
         spread(a, b, DATA, "")
+    work = sorted(work or [])
+    sts = [t for t, _, _ in samples]
+    turns: list[tuple[int, int]] = []
+    for (_, b), (a, _) in zip(regions, regions[1:], strict=False):
+        if a <= b or bisect.bisect_left(work, b) != bisect.bisect_left(work, a):
+            continue
+        i, j = bisect.bisect_left(sts, b), bisect.bisect_left(sts, a)
+        if all(samples[k][1] == DATA for k in range(i, j)):
+            spread(b, a, DATA, "epoch_start")
+            turns.append((b, a))
+    tstarts = [a for a, _ in turns]
     for i, (ts, phase, detail) in enumerate(samples):
         end = min(samples[i + 1][0] if i + 1 < len(samples) else ts + period_ns, ts + 5 * period_ns)
         j = bisect.bisect_right(starts, ts) - 1
@@ -150,6 +165,8 @@ def build_marked_steps(bounds: list[int], samples: list[tuple[int, str, str]], p
             steps[j].samples += 1
         k = bisect.bisect_right(rstarts, ts) - 1
         in_region = k >= 0 and ts <= regions[k][1]
+        k = bisect.bisect_right(tstarts, ts) - 1
+        in_region = in_region or (k >= 0 and ts < turns[k][1])
         counted = phase == COMPUTE or (phase == DATA and in_region)
         spread(ts, end, None if counted else phase, detail)
     for s in steps:

@@ -7,7 +7,7 @@
 #include "torchops.h"
 
 #ifndef TORCH_RING_PAGES
-#define TORCH_RING_PAGES 16
+#define TORCH_RING_PAGES 128  // 512 KB: seconds of markers at thousands of steps per second
 #endif
 
 BPF_RINGBUF_OUTPUT(torch_events, TORCH_RING_PAGES);
@@ -71,7 +71,7 @@ int enter_region_exit(struct pt_regs *ctx)
     e->pad = 0;
     __builtin_memcpy(e->name, o->name, sizeof(e->name));
     torch_regions.delete(&k);
-    torch_events.ringbuf_submit(e, 0);
+    torch_events.ringbuf_submit(e, ring_flags(DROP_TORCH, sizeof(*e), TORCH_RING_PAGES * 4096));
     return 0;
 }
 
@@ -107,6 +107,6 @@ int leave_backward(struct pt_regs *ctx)
     e->pad = 0;
     e->name[0] = 0;
     torch_backward.delete(&tid);
-    torch_events.ringbuf_submit(e, 0);
+    torch_events.ringbuf_submit(e, ring_flags(DROP_TORCH, sizeof(*e), TORCH_RING_PAGES * 4096));
     return 0;
 }

@@ -15,7 +15,9 @@ Ways to slow it (combine as needed):
   control:   --compute-ms Y with fast loading = compute-bound
   loader:    --stateful  torchdata's StatefulDataLoader (a DataLoader subclass) instead
 Ground truth: --log FILE gets one JSON line per step with the time the main
-loop spent blocked in the DataLoader (data_ns) and computing (compute_ns).
+loop spent getting its batch (data_ns: in next(), and at an epoch's start also
+ending the last epoch's iterator and iter() starting the new one, which forks
+non-persistent workers) and computing (compute_ns).
 """
 
 from __future__ import annotations
@@ -124,14 +126,14 @@ def main() -> None:
                                    ctypes.c_size_t(staging.numel()))
     print(json.dumps({"ready": os.getpid()}), flush=True)
     step, state = 0, torch.rand(64, 64)
+    t0 = time.monotonic_ns()
     while True:
         it = iter(loader)
         while True:
-            t0 = time.monotonic_ns()
             try:
                 batch = next(it)
             except StopIteration:
-                break
+                break  # t0 stays: the next epoch's first step waits through this and iter()
             t1 = time.monotonic_ns()
             if copy:
                 copy()  # the batch to the device, synchronously (pageable memory)
@@ -149,6 +151,7 @@ def main() -> None:
                                       "compute_ns": t2 - t1}) + "\n")
                 log.flush()
             step += 1
+            t0 = time.monotonic_ns()
             if a.steps and step >= a.steps:
                 return
 
