@@ -7,8 +7,9 @@ or off) and one per backward pass (autograd's Engine::execute).
 Sampled stacks cannot place steps shorter than a few sampling periods; these
 see every one. libtorch_cpu is found in /proc/PID/maps like the GPU
 libraries (at start and every tick) and probed once for all processes, the
-BPF side filtering on the tracked map. A few calls per step: the cost per
-step is a few uprobe hits (bench/bench_overhead.py).
+BPF side filtering on the tracked map; its three functions are found by
+name prefix without loading its 600k symbols (elfsyms.find_functions). A few
+calls per step: the cost per step is a few uprobe hits (bench/bench_overhead.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .elfsyms import symbols
+from .elfsyms import find_functions
 from .events import Event, Span
 from .gpulibs import host_path, mapped_files
 from .kernel import Probe
@@ -24,9 +25,9 @@ from .kernel import Probe
 TORCH = "torch"   # the events' category: a "PyTorch" track under each thread
 BACKWARD = "backward"
 
-ENTER = "_ZN5torch8autograd8profiler25record_function_enter_newERKNSt7__cxx1112basic_stringIcSt11char_traits" \
-        "IcESaIcEEERKSt8optionalIS7_E"
-# File-static in libtorch_cpu (in .symtab only): attached by address.
+# Name prefixes (the argument types' mangling differs between torch versions).
+ENTER_PREFIX = "_ZN5torch8autograd8profiler25record_function_enter_newE"
+# File-static in libtorch_cpu (in .symtab only).
 EXIT_PREFIX = "_ZN5torch8autograd8profilerL24record_function_exit_new"
 ENGINE_PREFIX = "_ZN5torch8autograd6Engine7executeE"
 
@@ -65,26 +66,19 @@ class TorchProbe(Probe):
                     self._attach(bpf, host_path(pid, path, inode), path)
 
     def _attach(self, bpf, open_path: str, path: str) -> None:
-        t = symbols(open_path)
-        if t is None or open_path in self.attached:
+        if open_path in self.attached:
             return
         self.attached.add(open_path)
+        found = find_functions(open_path, [ENTER_PREFIX, EXIT_PREFIX, ENGINE_PREFIX])
         targets: list[tuple[str, str, int, bool]] = []  # what, program, address, return probe too
-        enter = t.address(ENTER)
-        if enter is not None:
-            targets.append(("record_function_enter_new", "region", enter, True))
-            # The exit is file-static: found by name among all functions.
-            exit_ = next((a for a, n in zip(t.addrs, t.names, strict=True) if n.startswith(EXIT_PREFIX)),
-                         None)
-            if exit_ is not None:
-                targets.append(("record_function_exit_new", "region_exit", exit_, False))
-            else:
-                self._notices.append(f"torch: record_function_exit_new not in {path}'s symbols: "
-                                     "no step regions")
-                targets.pop()
-        engine = next((a for n, a in t.exported.items() if n.startswith(ENGINE_PREFIX)), None)
-        if engine is not None:
-            targets.append(("Engine::execute", "backward", engine, True))
+        if ENTER_PREFIX in found and EXIT_PREFIX in found:
+            targets += [("record_function_enter_new", "region", found[ENTER_PREFIX], True),
+                        ("record_function_exit_new", "region_exit", found[EXIT_PREFIX], False)]
+        else:
+            self._notices.append(f"torch: record_function enter/exit not in {path}'s symbols "
+                                 "(stripped?): steps from DataLoader and optimizer regions not seen")
+        if ENGINE_PREFIX in found:
+            targets.append(("Engine::execute", "backward", found[ENGINE_PREFIX], True))
         for what, prog, off, ret in targets:
             try:  # addr: relative to the load address, as ELF addresses of a shared object are
                 bpf.attach_uprobe(name=open_path, addr=off, fn_name=f"enter_{prog}", pid=-1)
