@@ -8,8 +8,11 @@ Sampled stacks cannot place steps shorter than a few sampling periods; these
 see every one. libtorch_cpu is found in /proc/PID/maps like the GPU
 libraries (at start and every tick) and probed once for all processes, the
 BPF side filtering on the tracked map; its three functions are found by
-name prefix without loading its 600k symbols (elfsyms.find_functions). A few
-calls per step: the cost per step is a few uprobe hits (bench/bench_overhead.py).
+name prefix without loading its 600k symbols (elfsyms.find_functions).
+Cost: three uprobe hits per region, two per backward pass; a loop of bare
+record_function regions took 54.5 -> 82.4 µs per region attached, on 2 cores
+at load 33 (the collector's own CPU included); a DataLoader step has three
+regions and a backward.
 """
 
 from __future__ import annotations
