@@ -20,6 +20,7 @@ class CaptureOptions:
     rate: float = 100               # Python samples per second
     cuda: bool = True
     nccl: bool = True
+    torch: bool = True              # PyTorch's step markers (optimizer steps, DataLoader batches)
     nvml: bool = True
     nvml_hz: float = 10.0
     max_overhead: float = 2.0       # % of the machine gpuscope may take before it lowers detail
@@ -55,6 +56,9 @@ def add_probe_flags(p: argparse.ArgumentParser, d: CaptureOptions = CaptureOptio
                    help="trace CUDA runtime and driver calls (default on)")
     p.add_argument("--nccl", action=argparse.BooleanOptionalAction, default=d.nccl,
                    help="trace NCCL collectives (default on)")
+    p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=d.torch,
+                   help="uprobe PyTorch's optimizer steps, DataLoader batches and backward "
+                   "passes: exact step boundaries (default on)")
     p.add_argument("--nvml", action=argparse.BooleanOptionalAction, default=d.nvml,
                    help="poll NVML GPU counters (default on)")
     p.add_argument("--nvml-hz", type=float, default=d.nvml_hz,
@@ -110,6 +114,10 @@ def build_sources(opts: CaptureOptions) -> list[Source]:
         from gpuscope.probes.nccl import NcclProbe
 
         probes.append(NcclProbe())
+    if opts.torch:
+        from gpuscope.probes.torchops import TorchProbe
+
+        probes.append(TorchProbe())
     sources: list[Source] = [KernelProbes(probes)]
     if opts.python:
         from gpuscope.probes.sampler import PythonSampler

@@ -11,7 +11,7 @@ from .tracereader import BEGIN, END, INSTANT, TRACK, TraceError, read, read_chun
 __all__ = ["TraceError", "events", "target_pid"]
 
 # Track titles (timeline.CATEGORY_TITLE) back to event categories.
-_CATS = {"IO": "io", "Off-CPU": "sched", "CUDA": "cuda", "NCCL": "nccl"}
+_CATS = {"IO": "io", "Off-CPU": "sched", "CUDA": "cuda", "NCCL": "nccl", "PyTorch": "torch"}
 
 
 def events(path: str):

@@ -17,9 +17,15 @@ from collections import Counter, defaultdict
 from gpuscope.probes.events import CounterSample, Instant, Span, StackSample, ThreadName
 from gpuscope.probes.sampler import RATE_TRACK
 
-from .steps import COMM, COMPUTE, DATA, H2D, SYNC, build_steps, confidence
+from . import mainphase
+from .findings import HIGH, MODERATE
+from .findings import findings as find
+from .findings import headline as headline_of
+from .mainphase import in_frames as _in
+from .mainphase import label as _label
+from .sizing import sizing
+from .steps import COMPUTE, DATA, Markers, build_marked_steps, build_steps, confidence
 
-HIGH, MODERATE = 0.20, 0.05
 _NON_FILES = ("pipe:", "socket:", "anon_inode:", "/dev/", "/proc/", "/sys/", "eventfd", "pipe",
               "socket", "memfd", "/memfd:")
 _DATA_IO = {"read", "pread64", "readv", "preadv", "preadv2", "openat", "openat2", "statx",
@@ -30,15 +36,6 @@ _SYNC_FNS = {"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchro
 
 def _is_data_file(path: str | None) -> bool:
     return bool(path and not path.startswith(_NON_FILES))
-
-
-def _in(frames, file_suffix: str, func: str | None = None) -> bool:
-    return any(f.file.endswith(file_suffix) and (func is None or f.function.rsplit(".", 1)[-1] == func)
-               for f in frames)
-
-
-def _label(f) -> str:
-    return f"{f.function} ({os.path.basename(f.file)}:{f.line})"
 
 
 class StallAnalysis:
@@ -70,6 +67,15 @@ class StallAnalysis:
         self.names: dict[int, str] = {}
         self.h2d_bytes = 0
         self.first_ts = self.last_ts = 0
+        self.markers: dict[int, Markers] = defaultdict(Markers)  # tid -> PyTorch's step markers
+        self.loop_frames: Counter = Counter()            # (file, function) calling into torch
+        self.loop_frame: tuple[str, str] | None = None
+        self.producers: Counter = Counter()             # the loop's own batch producer -> samples
+        self.worker_all: Counter = Counter()            # every worker sample: category -> samples
+        self.worker_last: dict[int, int] = {}           # pid -> last sample ts
+        self.cuda_calls = 0
+        self.dataloader_seen = False                    # the loop takes batches from a DataLoader
+        self.main_io = [0, 0, 0, 0]                     # the loop thread's data-file bytes, calls, ns, mmaps
 
     # -- feeding -------------------------------------------------------------
     def feed(self, batch) -> None:
@@ -91,8 +97,16 @@ class StallAnalysis:
                 self.slowest_period = max(self.slowest_period, int(1e9 / ev.value))
 
     def _span(self, s: Span) -> None:
-        if s.cat == "io" and s.name in _DATA_IO and _is_data_file(s.args.get("path")):
+        if s.cat == "torch":
+            if self.markers[s.tid].add(s.name, s.start, s.end) and s.name != "backward":
+                self._loop_seen(s.pid, s.tid)
+        elif s.cat == "io" and s.name in _DATA_IO and _is_data_file(s.args.get("path")):
             self.io_last[s.tid] = (s.start, s.end)
+            if s.tid == self.main_tid:
+                self.main_io[0] += s.args.get("bytes", 0)
+                self.main_io[1] += 1
+                self.main_io[2] += s.end - s.start
+                self.main_io[3] += s.name == "mmap"
             if s.pid != self.main_pid or s.tid == self.main_tid:
                 f = self.files[s.args["path"]]
                 if "bytes" in s.args:
@@ -105,6 +119,7 @@ class StallAnalysis:
         elif s.cat == "sched.summed":  # short waits, summed in the kernel
             self.runq_ns[s.pid] += s.args.get("preempted_ns", 0)
         elif s.cat in ("cuda", "nccl"):
+            self.cuda_calls += 1
             kind = ("comm" if s.cat == "nccl" else "sync" if s.name in _SYNC_FNS
                     else "h2d" if s.args.get("kind") == "HtoD" or "HtoD" in s.name else "")
             if kind:
@@ -122,51 +137,42 @@ class StallAnalysis:
             self.first_ts = s.ts
         self.last_ts = s.ts
         in_worker = _in(frames, "torch/utils/data/_utils/worker.py", "_worker_loop")
-        if not in_worker and _in(frames, "torch/utils/data/dataloader.py", "__next__"):
-            # A training loop: the target's own, or (under a launcher) the first rank's.
-            self.loops.add(s.pid)
-            if self.main_tid is None or (s.pid == self.root and self.main_pid != self.root):
-                self.main_pid, self.main_tid = s.pid, s.tid
-                self.main.clear()
+        if not in_worker and mainphase.loop_evidence(frames):
+            self._loop_seen(s.pid, s.tid)
+            if s.tid == self.main_tid and not mainphase.in_dataloader_next(frames):
+                key = mainphase.loop_frame(frames)
+                if key:
+                    self.loop_frames[key] += 1
+                    if self.loop_frames[key] >= 3:
+                        self.loop_frame = self.loop_frames.most_common(1)[0][0]
         if s.tid == self.main_tid:
             self._main_sample(s)
         elif in_worker and s.tid == s.pid and self.parent.get(s.pid, self.main_pid) == self.main_pid:
             self._worker_sample(s)
 
+    def _loop_seen(self, pid: int, tid: int) -> None:
+        """A training loop: the target's own, or (under a launcher) the first rank's."""
+        self.loops.add(pid)
+        if self.main_tid is None or (pid == self.root and self.main_pid != self.root):
+            self.main_pid, self.main_tid = pid, tid
+            self.main.clear()
+            self.loop_frames.clear()
+            self.loop_frame = None
+
     def _main_sample(self, s: StackSample) -> None:
         frames = s.frames
         cuda = self._covers(self.cuda_last, s.tid, s.ts)
-        if cuda and cuda[2] == "h2d":
-            phase = H2D
-        elif cuda and cuda[2] == "comm" or _in(frames, "torch/distributed/distributed_c10d.py"):
-            phase = COMM
-        elif cuda and cuda[2] == "sync":
-            phase = SYNC
-        elif _in(frames, "torch/utils/data/dataloader.py", "__next__"):
-            phase = DATA
-        else:
-            phase = COMPUTE
-        detail = self._data_detail(s) if phase == DATA else ""
+        io = bool(self._covers(self.io_last, s.tid, s.ts))
+        phase, detail, producer = mainphase.classify(frames, s.state, cuda, io, bool(self.workers),
+                                                     self.loop_frame)
         if phase == DATA:
             self.main_frames[tuple(_label(f) for f in frames[-6:])] += 1
+            if producer:
+                self.producers[producer] += 1
+            else:
+                self.dataloader_seen = True
         self.main.append((s.ts, phase, detail))
         self.main_last_phase, self.main_last_ts = phase, s.ts
-
-    def _data_detail(self, s: StackSample) -> str:
-        """Where the main thread's data wait goes."""
-        f = s.frames
-        if self._covers(self.io_last, s.tid, s.ts):
-            return "main_fetch"
-        if _in(f, "torch/utils/data/_utils/pin_memory.py") or _in(f, "torch/utils/data/dataloader.py", "_pin_memory_loop"):
-            return "pin"
-        if _in(f, "torch/utils/data/_utils/collate.py"):
-            return "collate"
-        if _in(f, "torch/utils/data/_utils/fetch.py") or not _in(f, "multiprocessing/") and s.state == "running" \
-                and not _in(f, "threading.py") and not _in(f, "queue.py"):
-            return "main_transform" if not self.workers else "main_other"
-        if s.state == "running" and (_in(f, "multiprocessing/queues.py") or _in(f, "multiprocessing/connection.py")):
-            return "ipc"  # unpickling a batch sent by a worker
-        return "waiting_for_workers"
 
     def _worker_sample(self, s: StackSample) -> None:
         self.workers.add(s.pid)
@@ -187,6 +193,8 @@ class StallAnalysis:
             cat = "transform"
         else:
             cat = "other"
+        self.worker_all[cat] += 1
+        self.worker_last[s.pid] = s.ts
         if self.main_last_phase == DATA and s.ts - self.main_last_ts <= 3 * self.period:
             self.worker_cat[cat] += 1
             if cat in ("fetch", "transform"):
@@ -196,7 +204,11 @@ class StallAnalysis:
 
     # -- verdict ---------------------------------------------------------------
     def stall_intervals(self) -> list[tuple[int, int]]:
-        """Runs of main-thread samples waiting for data: the Verdict track."""
+        """The Verdict track: the loop's DataLoader __next__ regions where they
+        were seen (exact), else runs of main-thread samples waiting for data."""
+        m = self.markers.get(self.main_tid) if self.main_tid is not None else None
+        if m and m.batches:
+            return sorted(m.batches)
         out: list[tuple[int, int]] = []
         start: int | None = None
         for (ts, phase, _), nxt in zip(self.main, self.main[1:] + [(self.last_ts, "", "")], strict=False):
@@ -212,7 +224,16 @@ class StallAnalysis:
         gaps = sorted(b[0] - a[0] for a, b in zip(self.main, self.main[1:], strict=False))
         if gaps:
             self.period = max(1, gaps[len(gaps) // 2], self.slowest_period)
-        steps = build_steps(self.main, self.period)
+        m = self.markers.get(self.main_tid) if self.main_tid is not None else None
+        marked = m.boundaries() if m else None
+        regions = m.batches if m else []
+        if marked:
+            steps = build_marked_steps(marked[0], self.main, self.period, regions,
+                                       m.optimizer + m.backward if m else [])
+        else:
+            steps = build_steps(self.main, self.period)
+            if len(steps) < 3:  # a loop without a DataLoader whose producer was not seen
+                steps = build_steps(self.main, self.period, COMPUTE) if not steps else steps
         wall = sum(s.wall_ns for s in steps)
         phase_ns: Counter[str] = Counter()
         for s in steps:
@@ -227,23 +248,30 @@ class StallAnalysis:
         sampled = sum(phase_ns.values()) or 1
         share = phase_ns[DATA] / sampled
         level = "high" if share >= HIGH else "moderate" if share >= MODERATE else "no"
-        findings = self._findings(steps, sampled, share, phase_ns)
+        findings = find(self, steps, sampled, share, phase_ns)
         findings.sort(key=lambda f: -f["stall_ms"])
         primary = findings[0]["kind"] if findings else None
-        conf = confidence(steps)
-        if self.slowest_period > self.requested_period and conf == "high":
+        data_exact = bool(marked and regions) and not self.producers
+        conf, basis = confidence(steps, self.period, exact=bool(marked), data_exact=data_exact,
+                                 main_samples=sum(st.samples for st in steps))
+        if self.slowest_period > self.requested_period and conf == "high" and not data_exact:
             conf = "medium"   # the budget lowered the sampling rate: fewer samples per step
-        headline = self._headline(level, share, findings, steps)
+            basis += f"; sampling rate lowered to {1e9 / self.slowest_period:.0f} Hz by the budget"
+        headline = headline_of(level, share, findings, steps)
         return {
             "verdict": {"input_bound": level, "data_wait_share": round(share, 4),
-                        "confidence": conf, "primary": primary, "headline": headline,
+                        "confidence": conf, "confidence_basis": basis,
+                        "steps_from": marked[1] if marked else "sampled stacks",
+                        "primary": primary, "headline": headline,
                         "findings": findings,
                         "window_ns": [steps[0].start_ns, steps[-1].end_ns],
                         "step_ms_median": round(sorted(s.wall_ns for s in steps)[len(steps) // 2] / 1e6, 2),
                         "breakdown": {k: round(v / sampled, 4) for k, v in sorted(phase_ns.items())},
                         "workers": len(self.workers), "cores": self.cores,
                         "training_loop": {"pid": self.main_pid, "tid": self.main_tid},
-                        "training_loops_seen": len(self.loops)},
+                        "training_loops_seen": len(self.loops),
+                        "data_producers": mainphase.by_function(self.producers),
+                        "sizing": sizing(self, steps, share)},
             "steps": [s.as_dict() for s in steps],
             "stall_frames": [{"stack": list(k), "samples": n} for k, n in self.stall_frames.most_common(15)],
             "main_wait_frames": [{"stack": list(k), "samples": n} for k, n in self.main_frames.most_common(5)],
@@ -253,143 +281,9 @@ class StallAnalysis:
     def _no_steps_reason(self) -> str:
         if not self.first_ts:
             return "no Python samples of the training loop: is the target a PyTorch job (CPython 3.10-3.13)?"
-        return ("no training steps found: the main thread never entered a DataLoader's __next__ "
-                "during the capture (not a DataLoader loop, or capture too short)")
+        return ("no training steps found: no optimizer step, backward pass or DataLoader batch "
+                "was seen on any thread during the capture (not a training loop, or capture too short)")
 
     def _top_files(self) -> list[dict]:
         top = sorted(self.files.items(), key=lambda kv: -kv[1][2])[:10]
         return [{"path": p, "bytes": b, "reads": r, "latency_ms": round(ns / 1e6, 2)} for p, (b, r, ns) in top]
-
-    def _findings(self, steps, wall, share, phase_ns) -> list[dict]:
-        out = []
-        stall_ns = phase_ns[DATA]
-        stall_ms = stall_ns / 1e6
-        n_workers = self._concurrent_workers()
-        detail: Counter[str] = Counter()  # where the analysed steps' data wait went
-        for st in steps:
-            detail.update(st.detail)
-        dtotal = sum(detail.values()) or 1
-        wcat = self.worker_cat
-        wtotal = sum(wcat.values()) or 1
-        frac = {k: wcat[k] / wtotal for k in ("fetch", "transform", "wait_index", "send", "other", "startup")}
-        waiting = detail["waiting_for_workers"] / dtotal
-
-        def add(kind, title, severity, weight_ms, numbers, evidence, fix):
-            out.append({"kind": kind, "title": title, "severity": severity, "stall_ms": round(weight_ms, 1),
-                        "numbers": numbers, "evidence": evidence, "fix": fix})
-
-        if share < MODERATE:
-            add("not_input_bound", f"Not input-bound: {share:.1%} of step time waits for data",
-                "info", 0, {"data_wait_share": round(share, 4)},
-                [f"{len(steps)} steps, median {self._median_ms(steps):.1f} ms, data wait {stall_ms / len(steps):.1f} ms/step"],
-                "Look at compute: the input pipeline keeps up.")
-        sev = "high" if share >= HIGH else "medium"
-        lat = sorted(self.read_lat)
-        io_numbers = {"files": len(self.files), "bytes": sum(f[0] for f in self.files.values()),
-                      "reads": sum(f[1] for f in self.files.values()),
-                      "read_latency_ms_mean": round(sum(lat) / len(lat) / 1e6, 2) if lat else 0,
-                      "read_latency_ms_p95": round(lat[int(0.95 * (len(lat) - 1))] / 1e6, 2) if lat else 0}
-        top_frames = [" <- ".join(reversed(k[-3:])) for k, _ in self.stall_frames.most_common(3)]
-        if share >= MODERATE and n_workers == 0:
-            main_fetch = detail["main_fetch"] / dtotal
-            add("too_few_workers", "num_workers=0: the training loop loads every batch itself", sev,
-                stall_ms, {"num_workers": 0, "cores": self.cores, "loading_share": round(share, 4),
-                           "storage_share_of_loading": round(main_fetch, 3)},
-                [f"main thread in dataset code for {stall_ms / len(steps):.1f} ms/step",
-                 f"{main_fetch:.0%} of that blocked in file reads"],
-                f"Set DataLoader(num_workers={max(2, min(8, self.cores))}) so loading overlaps compute.")
-        if share >= MODERATE and n_workers > 0:
-            ws = stall_ms * waiting
-            if frac["fetch"] >= 0.35 and frac["fetch"] >= frac["transform"]:
-                add("storage_fetch_stall", "Storage fetch stall: workers are blocked reading files", sev,
-                    ws * max(frac["fetch"], 0.5), {**io_numbers, "worker_time_reading": round(frac["fetch"], 3)},
-                    [f"workers spent {frac['fetch']:.0%} of stall time in read/open syscalls",
-                     f"{io_numbers['reads']} reads, mean {io_numbers['read_latency_ms_mean']} ms, "
-                     f"p95 {io_numbers['read_latency_ms_p95']} ms"],
-                    "Faster or local storage (cache the dataset on local NVMe/RAM), larger sequential "
-                    "files (shards), or more workers to overlap the latency.")
-            if frac["transform"] >= 0.35 and frac["transform"] > frac["fetch"]:
-                add("cpu_preprocessing_stall", "CPU preprocessing stall: workers are busy transforming", sev,
-                    ws * max(frac["transform"], 0.5), {"worker_time_transforming": round(frac["transform"], 3),
-                                                        "num_workers": n_workers, "cores": self.cores},
-                    [f"workers on CPU in transforms {frac['transform']:.0%} of stall time"] + top_frames,
-                    "Make the transform cheaper (decode at lower resolution, move augmentation to the GPU), "
-                    "cache preprocessed samples, or add CPU cores/workers.")
-            busy = frac["fetch"] + frac["transform"] + frac["send"]
-            runq = sum(self.runq_ns[p] for p in self.workers) / max(1, self.last_ts - self.first_ts) / max(1, n_workers)
-            if n_workers > 2 * self.cores or (runq >= 0.25 and n_workers > self.cores):
-                add("too_many_workers", f"Too many workers: {n_workers} on {self.cores} cores", "medium",
-                    ws * 0.5, {"num_workers": n_workers, "cores": self.cores, "worker_runqueue_share": round(runq, 3)},
-                    [f"{n_workers} workers for {self.cores} cores; each waits {runq:.0%} of the time for a CPU"],
-                    f"Use about {max(1, self.cores)} workers (one per core left for loading).")
-            elif busy >= 0.8 and waiting >= 0.5:
-                more = n_workers * 2 if frac["fetch"] >= frac["transform"] else min(2 * n_workers, max(n_workers + 1, self.cores))
-                add("too_few_workers", f"Too few workers: all {n_workers} busy while the loop waits", sev,
-                    ws * 0.4, {"num_workers": n_workers, "cores": self.cores, "workers_busy": round(busy, 3)},
-                    [f"workers busy {busy:.0%} of stall time"], f"Try num_workers={more}.")
-            ipc = (detail["ipc"] + detail["collate"] + detail["pin"]) / dtotal
-            if ipc >= 0.3 or (frac["wait_index"] >= 0.5 and waiting < 0.5):
-                add("ipc_collate_pin_bound", "IPC / collate / pin-memory bound: the loop is busy receiving batches",
-                    sev, stall_ms * max(ipc, 0.5), {"ipc_share_of_wait": round(detail["ipc"] / dtotal, 3),
-                                                    "collate_share_of_wait": round(detail["collate"] / dtotal, 3),
-                                                    "pin_share_of_wait": round(detail["pin"] / dtotal, 3),
-                                                    "workers_idle": round(frac["wait_index"], 3)},
-                    [f"main thread unpickling/collating/pinning {ipc:.0%} of its data wait",
-                     f"workers idle waiting for work {frac['wait_index']:.0%} of stall time"],
-                    "Send tensors, not Python objects (torch shares tensor storage instead of pickling), "
-                    "collate in the workers, keep batches compact.")
-            respawn = self._respawn_stall(steps)
-            if respawn is not None and respawn[0] >= 0.4:
-                add("epoch_start_stall", "Epoch-start stall: workers are restarted every epoch", sev,
-                    stall_ms * max(respawn[0], frac["startup"]), {"worker_starts": respawn[1], "stall_share_after_restart": round(respawn[0], 3)},
-                    [f"{respawn[1]} worker processes started during the capture",
-                     f"{respawn[0]:.0%} of the data wait falls in the first step after a restart",
-                     f"workers spent {frac['startup']:.0%} of stall time starting up"],
-                    "DataLoader(persistent_workers=True) keeps workers (and their state) across epochs.")
-        h2d_share = phase_ns[H2D] / wall
-        if h2d_share >= 0.10:
-            add("h2d_copy_bound", f"Host-to-device copies take {h2d_share:.0%} of step time", "medium",
-                phase_ns[H2D] / 1e6, {"h2d_share": round(h2d_share, 4), "h2d_bytes": self.h2d_bytes},
-                ["synchronous cudaMemcpy/cuMemcpyHtoD on the training loop's thread"],
-                "pin_memory=True and .to(device, non_blocking=True) so copies overlap compute.")
-        return out
-
-    def _respawn_stall(self, steps):
-        starts = sorted(ts for ts in self.worker_first.values())
-        if len(starts) < 2 or len(self.workers) <= self._concurrent_workers():
-            return None
-        # New workers after the first set: the steps they were started in.
-        first = starts[0]
-        late = [ts for ts in starts if ts - first > 1e9]
-        if not late:
-            return None
-        total = sum(s.phases.get(DATA, 0) for s in steps) or 1
-        hit = 0
-        for s in steps:
-            if any(s.start_ns - 2e9 <= ts <= s.end_ns for ts in late):
-                hit += s.phases.get(DATA, 0)
-        return hit / total, len(self.workers)
-
-    def _concurrent_workers(self) -> int:
-        """num_workers as observed: the most worker processes alive at once."""
-        edges = []
-        for pid, ts in self.worker_first.items():
-            edges += [(ts, 1), (self.exited.get(pid, self.last_ts + 1), -1)]
-        best = cur = 0
-        for _, d in sorted(edges):
-            cur += d
-            best = max(best, cur)
-        return best
-
-    @staticmethod
-    def _median_ms(steps) -> float:
-        return sorted(s.wall_ns for s in steps)[len(steps) // 2] / 1e6
-
-    def _headline(self, level, share, findings, steps) -> str:
-        if level == "no":
-            text = f"Not input-bound: {share:.1%} of step time waits for data ({len(steps)} steps)"
-            if findings and findings[0]["kind"] != "not_input_bound":
-                text += " — but " + findings[0]["title"][0].lower() + findings[0]["title"][1:]
-            return text
-        cause = findings[0]["title"] if findings else "cause not identified"
-        return f"Input-bound ({level}): {share:.0%} of step time waits for data — {cause}"

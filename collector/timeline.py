@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 CATEGORY_RANK = {"python": 1, "pysamples": 2, "cuda": 3, "nccl": 4, "io": 5, "sched": 6,
                  IPC: 7, IO_SUMMED: 8, OFFCPU_SUMMED: 9}
 CATEGORY_TITLE = {"python": "Python", "pysamples": "Python samples", "cuda": "CUDA",
-                  "nccl": "NCCL", "io": "IO", "sched": "Off-CPU", "verdict": "Verdict", **TITLES}
+                  "nccl": "NCCL", "io": "IO", "sched": "Off-CPU", "torch": "PyTorch", "verdict": "Verdict", **TITLES}
 
 
 class Timeline:

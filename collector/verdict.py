@@ -31,12 +31,18 @@ def render(summary: dict) -> str:
         parts = ", ".join(f"{k.replace('_', ' ')} {x:.0%}" for k, x in sorted(b.items(), key=lambda kv: -kv[1]))
         lines.append(f"  {len(summary.get('steps', []))} steps, median {v['step_ms_median']} ms; "
                      f"step time: {parts} (step model confidence: {v['confidence']})")
+        if v.get("confidence_basis"):
+            lines.append(f"  steps from {v['steps_from']}; {v['confidence_basis']}")
         lines.append(f"  DataLoader workers seen: {v['workers']}, CPU cores: {v['cores']}")
     for f in v.get("findings", []):
         lines.append(f"  [{f['severity']}] {f['title']}")
         for e in f["evidence"]:
             lines.append(f"      - {e}")
         lines.append(f"      fix: {f['fix']}")
+    sz = v.get("sizing")
+    if sz:
+        lines.append("  sizing:")
+        lines += [f"      - {x}" for x in sz["lines"]]
     files = summary.get("top_files") or []
     if files and v.get("input_bound") not in (None, "no", "unknown"):
         lines.append("  top files by read time: " + ", ".join(

@@ -225,4 +225,57 @@ def dynamic_strings(path: str) -> bytes:
         return b""
 
 
-__all__ = ["ElfSymbols", "dynamic_strings", "symbols"]
+def find_functions(path: str, prefixes: list[str]) -> dict[str, int]:
+    """prefix -> st_value of the first defined function whose name starts with
+    it and is not a compiler's clone (.symtab, then .dynsym; local symbols too), without reading the whole
+    table into Python: a few symbols of libtorch_cpu.so (600k) cost no more
+    than its string table held briefly, not the ~130 MB a symbols() table
+    keeps. 64-bit little-endian ELF only (else {})."""
+    from array import array
+
+    from elftools.elf.elffile import ELFFile
+
+    found: dict[str, int] = {}
+    try:
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            if elf.elfclass != 64 or not elf.little_endian:
+                return found
+            secs = _Sections(elf, f)
+            for table in (".symtab", ".dynsym"):
+                h = secs.by_name.get(table)
+                if h is None or h["sh_entsize"] != 24 or not 0 < h["sh_link"] < len(secs.headers):
+                    continue
+                strtab = secs.data(secs.headers[h["sh_link"]])
+                offsets = {}
+                for p in prefixes:
+                    i = strtab.find(b"\0" + p.encode())
+                    while p not in found and i >= 0:
+                        name = strtab[i + 1:strtab.index(b"\0", i + 1)]
+                        if b"." not in name:  # not a compiler's clone (.cold, .isra, .constprop)
+                            offsets[i + 1] = p
+                            break
+                        i = strtab.find(b"\0" + p.encode(), i + 1)
+                if not offsets:
+                    continue
+                words = array("I", secs.data(h))   # each entry: 6 x u32 (name, info..., value lo/hi, size)
+                names = words[0::6]
+                for off, p in offsets.items():
+                    start = 0
+                    while True:
+                        try:
+                            k = names.index(off, start)
+                        except ValueError:
+                            break
+                        value = words[6 * k + 2] | words[6 * k + 3] << 32
+                        info = words[6 * k + 1] & 0xF
+                        if value and info in _FUNC:
+                            found[p] = value
+                            break
+                        start = k + 1
+    except Exception:  # unreadable or not an ELF
+        return found
+    return found
+
+
+__all__ = ["ElfSymbols", "dynamic_strings", "find_functions", "symbols"]

@@ -17,6 +17,7 @@
 #define DROP_PROC 2
 #define DROP_CUDA 3
 #define DROP_NCCL 4
+#define DROP_TORCH 5
 #define DROP_SLOTS 8
 
 // Detail settings written by user space (KernelProbes.set_level) and read by

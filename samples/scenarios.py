@@ -41,6 +41,25 @@ SCENARIOS = {
                   "--h2d-mb", "60"], None, "h2d_copy_bound"),
 }
 
+# Loops other than samples/train.py's: no DataLoader (nanoGPT's memmap get_batch), a
+# framework's (Lightning's Trainer).
+SCENARIOS["memmap"] = ([], None, "not_input_bound")
+SCENARIOS["memmap_slow"] = (["--get-batch-ms", "40"], None, "loop_producer_stall")
+SCENARIOS["lightning"] = (["--workers", "1", "--transform-ms", "12", "--compute-ms", "30"], None,
+                          "cpu_preprocessing_stall")
+SCRIPTS = {"memmap": "samples/memmap_train.py", "memmap_slow": "samples/memmap_train.py",
+           "lightning": "samples/lightning_train.py"}
+
+# Fast steps (a few ms on an idle machine), where sampled stacks cannot place
+# step boundaries: the step count and median must match the log's.
+FAST = {
+    # torchdata's StatefulDataLoader: a DataLoader subclass with its own iterators.
+    "fast_steps": (["--workers", "4", "--compute-ms", "2", "--stateful"], None, None),
+    # A DataLoader rebuilt (its workers restarted) every epoch of 256 one-item batches.
+    "fast_epochs": (["--workers", "2", "--batch", "1", "--compute-ms", "0", "--no-persistent-workers"],
+                    None, None),
+}
+
 # Started under a launcher (as torchrun starts ranks): gpuscope attaches to the
 # launcher's PID and must find the training loop in its child.
 LAUNCHED = {"launcher": "cpu_transform"}
@@ -58,8 +77,8 @@ def build_standin(workdir: str) -> str:
 
 
 def run(name: str, workdir: str, seconds: float = 8.0, warmup: float = 3.0,
-        trace_name: str | None = None, quiet: bool = True) -> dict:
-    flags, latency, expected = SCENARIOS[name]
+        trace_name: str | None = None, quiet: bool = True, extra: tuple[str, ...] = ()) -> dict:
+    flags, latency, expected = SCENARIOS[name] if name in SCENARIOS else FAST[name]
     if "{standin}" in flags:
         flags = [build_standin(workdir) if f == "{standin}" else f for f in flags]
     data = os.path.join(workdir, "data")
@@ -79,7 +98,8 @@ def run(name: str, workdir: str, seconds: float = 8.0, warmup: float = 3.0,
         data = mnt
     log = os.path.join(workdir, "truth.jsonl")
     launcher = [PY, "-c", LAUNCHER] if name in LAUNCHED else [PY]
-    job = subprocess.Popen([*launcher, str(ROOT / "samples/train.py"), "--data", data, *flags, "--log", log],
+    script = str(ROOT / SCRIPTS.get(name, "samples/train.py"))
+    job = subprocess.Popen([*launcher, script, "--data", data, *flags, "--log", log],
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                            start_new_session=True)
     try:
@@ -90,7 +110,7 @@ def run(name: str, workdir: str, seconds: float = 8.0, warmup: float = 3.0,
         trace = os.path.join(workdir, f"{trace_name or name}.pftrace")
         gpu = [] if expected == "h2d_copy_bound" else ["--no-cuda", "--no-nccl"]
         cmd = [PY, "-m", "gpuscope.collector.cli", "attach", "-p", str(pid), "-d", str(seconds),
-               "-o", trace, "--no-nvml", *gpu] + (["-q"] if quiet else [])
+               "-o", trace, "--no-nvml", *gpu, *extra] + (["-q"] if quiet else [])
         p = subprocess.run(cmd, capture_output=quiet, text=True, timeout=seconds + 120)
         summary = json.loads(Path(trace).with_suffix(".summary.json").read_text())
     finally:
@@ -101,7 +121,7 @@ def run(name: str, workdir: str, seconds: float = 8.0, warmup: float = 3.0,
             fs.kill()
             fs.wait()
     return {"name": name, "expected": expected, "summary": summary, "stderr": p.stderr or "",
-            "rc": p.returncode, "truth": truth_share(log, summary), "trace": trace}
+            "rc": p.returncode, "truth": truth_share(log, summary), "trace": trace, "log": log}
 
 
 def truth_share(log: str, summary: dict) -> float | None:
@@ -116,11 +136,23 @@ def truth_share(log: str, summary: dict) -> float | None:
     return data / total if total else None
 
 
+def truth_steps(log: str, window: list[int]) -> dict:
+    """The log's own steps that start in the verdict's window: how many, their
+    median time start to start (the loop's iteration time, as nanoGPT logs it),
+    and the data-wait share of that wall time."""
+    rows = [json.loads(line) for line in open(log)]
+    rows = [r for r in rows if window[0] - 1e6 <= r["start_ns"] < window[1] - 1e6]
+    periods = sorted(b["start_ns"] - a["start_ns"] for a, b in zip(rows, rows[1:], strict=False))
+    wall = rows[-1]["start_ns"] - rows[0]["start_ns"] if len(rows) > 1 else 0
+    return {"steps": len(rows), "median_ms": periods[len(periods) // 2] / 1e6 if periods else None,
+            "wall_share": sum(r["data_ns"] for r in rows[:-1]) / wall if wall else None}
+
+
 if __name__ == "__main__":
     import argparse
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("names", nargs="*", default=list(SCENARIOS))
+    ap.add_argument("names", nargs="*", default=list(SCENARIOS) + list(FAST))
     ap.add_argument("--seconds", type=float, default=8)
     a = ap.parse_args()
     for n in a.names:
@@ -128,7 +160,12 @@ if __name__ == "__main__":
             r = run(n, d, a.seconds)
             v = r["summary"].get("verdict", {})
             kinds = [f["kind"] for f in v.get("findings", [])]
-            print(f"{n:18} expect {r['expected']:24} got {kinds} share {v.get('data_wait_share')} "
+            print(f"{n:18} expect {r['expected'] or '-':24} got {kinds} share {v.get('data_wait_share')} "
                   f"truth {r['truth'] and round(r['truth'], 4)} conf {v.get('confidence')} rc {r['rc']}")
+            if v.get("window_ns"):
+                t = truth_steps(r["log"], v["window_ns"])
+                print(f"{'':18} steps {len(r['summary']['steps'])} (log {t['steps']}), median "
+                      f"{v['step_ms_median']} ms (log {t['median_ms'] and round(t['median_ms'], 2)}), "
+                      f"from {v.get('steps_from')}")
             if r["rc"]:
                 print(r["stderr"][-2000:])

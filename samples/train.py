@@ -13,8 +13,11 @@ Ways to slow it (combine as needed):
              through LIB (a libcuda.so.1: the real driver, or the stand-in in
              samples/standin/ on machines without a GPU)
   control:   --compute-ms Y with fast loading = compute-bound
+  loader:    --stateful  torchdata's StatefulDataLoader (a DataLoader subclass) instead
 Ground truth: --log FILE gets one JSON line per step with the time the main
-loop spent blocked in the DataLoader (data_ns) and computing (compute_ns).
+loop spent getting its batch (data_ns: in next(), and at an epoch's start also
+ending the last epoch's iterator and iter() starting the new one, which forks
+non-persistent workers) and computing (compute_ns).
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ def main() -> None:
     ap.add_argument("--worker-init-ms", type=float, default=0, help="work when each worker starts")
     ap.add_argument("--h2d-standin", metavar="LIB", help="libcuda.so.1 whose cuMemcpyHtoD_v2 copies each batch")
     ap.add_argument("--h2d-mb", type=float, default=64, help="MB copied host-to-device per step")
+    ap.add_argument("--stateful", action="store_true", help="torchdata's StatefulDataLoader")
     ap.add_argument("--steps", type=int, default=0, help="0 = run until killed")
     ap.add_argument("--log", help="ground-truth log (JSON lines)")
     a = ap.parse_args()
@@ -98,7 +102,11 @@ def main() -> None:
     limit = a.epoch_batches * a.batch
     ds = FileDataset(a.data, a.transform_ms, a.payload_floats, limit)
     init = (lambda _wid: spin_torch(a.worker_init_ms, torch.rand(64, 64))) if a.worker_init_ms else None
-    loader = DataLoader(ds, batch_size=a.batch, shuffle=True, num_workers=a.workers,
+    if a.stateful:
+        from torchdata.stateful_dataloader import StatefulDataLoader as Loader
+    else:
+        Loader = DataLoader
+    loader = Loader(ds, batch_size=a.batch, shuffle=True, num_workers=a.workers,
                         pin_memory=a.pin_memory, worker_init_fn=init,
                         persistent_workers=a.persistent_workers and a.workers > 0,
                         collate_fn=identity_collate if a.payload_floats else None)
@@ -118,14 +126,14 @@ def main() -> None:
                                    ctypes.c_size_t(staging.numel()))
     print(json.dumps({"ready": os.getpid()}), flush=True)
     step, state = 0, torch.rand(64, 64)
+    t0 = time.monotonic_ns()
     while True:
         it = iter(loader)
         while True:
-            t0 = time.monotonic_ns()
             try:
                 batch = next(it)
             except StopIteration:
-                break
+                break  # t0 stays: the next epoch's first step waits through this and iter()
             t1 = time.monotonic_ns()
             if copy:
                 copy()  # the batch to the device, synchronously (pageable memory)
@@ -143,6 +151,7 @@ def main() -> None:
                                       "compute_ns": t2 - t1}) + "\n")
                 log.flush()
             step += 1
+            t0 = time.monotonic_ns()
             if a.steps and step >= a.steps:
                 return
 

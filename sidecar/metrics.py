@@ -43,7 +43,7 @@ SYNC = re.compile(r"(Synchronize|cuStreamWaitEvent|cudaStreamWaitEvent)")
 # each gets a gpuscope_stall_cause series, so a dashboard sees 0 rather than no data.
 STALL_CAUSES = ("not_input_bound", "storage_fetch_stall", "cpu_preprocessing_stall",
                 "too_few_workers", "too_many_workers", "ipc_collate_pin_bound",
-                "h2d_copy_bound", "epoch_start_stall")
+                "h2d_copy_bound", "epoch_start_stall", "loop_producer_stall")
 GPU_COUNTER = re.compile(r"^GPU(\d+) (.+)$")
 # NVML counter track name suffix -> (metric, scale to base unit)
 GPU_METRICS = {"utilization": ("gpuscope_gpu_utilization_ratio", 0.01),

@@ -245,3 +245,21 @@ def test_a_slow_file_does_not_hold_up_the_others(built, tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], check=False)
         fs.kill()
         fs.wait()
+
+
+def test_find_functions_agrees_with_the_full_table():
+    """The few-symbols reader (PyTorch's step markers in libtorch_cpu, 600k symbols):
+    the same addresses as the whole table, local symbols included, clones (.cold) skipped."""
+    import torch
+
+    from gpuscope.probes import torchops
+
+    lib = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
+    prefixes = [torchops.ENTER_PREFIX, torchops.EXIT_PREFIX, torchops.ENGINE_PREFIX, "_ZN_no_such_name"]
+    got = elfsyms.find_functions(lib, prefixes)
+    t = elfsyms.symbols(lib)
+    assert t is not None and set(got) == set(prefixes[:3])
+    for p, addr in got.items():
+        name = t.lookup(addr)
+        assert name is not None and name.startswith(p) and "." not in name, (p, name)
+    assert elfsyms.find_functions(__file__, prefixes) == {}  # not an ELF file

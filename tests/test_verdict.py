@@ -35,7 +35,7 @@ def test_scenario_verdict_and_share(name, tmp_path_factory):
     kinds = [f["kind"] for f in v["findings"]]
     assert r["expected"] in kinds, (v["headline"], kinds)
     if r["expected"] in ("storage_fetch_stall", "cpu_preprocessing_stall", "ipc_collate_pin_bound",
-                         "epoch_start_stall", "not_input_bound", "h2d_copy_bound"):
+                         "epoch_start_stall", "not_input_bound", "h2d_copy_bound", "loop_producer_stall"):
         assert v["primary"] == r["expected"], kinds  # the root cause comes first
     assert v["confidence"] in ("high", "medium")
     assert r["truth"] is not None
@@ -53,6 +53,50 @@ def test_scenario_verdict_and_share(name, tmp_path_factory):
         assert stalls and all(x.name == "waiting for data" for x in stalls)
 
 
+def test_memmap_loop_names_its_batch_producer(tmp_path_factory):
+    """nanoGPT's loop: no DataLoader; steps from the optimizer, the data wait named by get_batch."""
+    for name in ("memmap", "memmap_slow"):
+        v = run_once(name, tmp_path_factory)["summary"]["verdict"]
+        assert v["steps_from"] == "optimizer steps"
+        assert v["data_producers"][0]["frame"].startswith("get_batch (memmap_train.py:")
+        f = v["findings"][0]
+        assert any("get_batch (memmap_train.py:" in e for e in f["evidence"]), f
+
+
+def test_lightning_steps_from_torch_markers(tmp_path_factory):
+    v = run_once("lightning", tmp_path_factory)["summary"]["verdict"]
+    assert v["steps_from"] == "DataLoader batches, one per optimizer step"
+    assert v["confidence"] == "high"
+
+
+@pytest.mark.parametrize("name", list(scenarios.FAST))
+def test_fast_steps_count_and_median_match_the_log(name, tmp_path_factory):
+    """Steps of a few ms: the count and median step time within 5% of the job's own log,
+    the data-wait share within 5 points."""
+    r = run_once(name, tmp_path_factory)
+    assert r["rc"] == 0, r["stderr"]
+    v = r["summary"]["verdict"]
+    t = scenarios.truth_steps(r["log"], v["window_ns"])
+    n = len(r["summary"]["steps"])
+    assert abs(n - t["steps"]) <= 0.05 * t["steps"], (n, t)
+    assert abs(v["step_ms_median"] - t["median_ms"]) <= 0.05 * t["median_ms"], (v["step_ms_median"], t)
+    assert abs(v["data_wait_share"] - t["wall_share"]) <= 0.05, (v["data_wait_share"], t)
+    assert v["confidence"] == "high" and "exact step boundaries" in v["confidence_basis"]
+
+
+def test_sampled_step_boundaries_are_not_trusted_on_fast_steps(tmp_path_factory):
+    """The same capture without PyTorch's markers: steps from samples, never of high confidence."""
+    from gpuscope.collector import replay
+    from gpuscope.collector.stalls import StallAnalysis
+
+    r = run_once("fast_steps", tmp_path_factory)
+    a = StallAnalysis(replay.target_pid(r["trace"]))
+    a.feed([e for e in replay.events(r["trace"]) if getattr(e, "cat", None) != "torch"])
+    v = a.result()["verdict"]
+    assert v["steps_from"] == "sampled stacks"
+    assert v["confidence"] != "high" and "sampled" in v["confidence_basis"]
+
+
 def test_storage_evidence_names_the_files(tmp_path_factory):
     r = run_once("storage", tmp_path_factory)
     f = next(f for f in r["summary"]["verdict"]["findings"] if f["kind"] == "storage_fetch_stall")
@@ -65,6 +109,16 @@ def test_cpu_evidence_names_the_transform(tmp_path_factory):
     r = run_once("cpu_transform", tmp_path_factory)
     frames = [fr for entry in r["summary"]["stall_frames"] for fr in entry["stack"]]
     assert any(fr.startswith("spin_torch (train.py:") for fr in frames), frames[:10]
+
+
+def test_sizing_shows_its_arithmetic(tmp_path_factory):
+    """1 worker, 8 items x 12 ms of transform per batch, 30 ms of compute: more workers, more cores."""
+    r = run_once("cpu_transform", tmp_path_factory)
+    z = r["summary"]["verdict"]["sizing"]
+    assert z["worker_cpu_ms_per_batch"] >= 50 and z["workers_needed"] >= 2, z
+    assert z["cores_needed_per_gpu"] >= 3 and z["speedup_without_stall"] > 1.2, z
+    assert z["gpu_seen"] is False and any("cannot tell (no GPU seen)" in x for x in z["lines"])
+    assert "sizing:" in r["stderr"] and "num_workers >= " in r["stderr"]
 
 
 def test_h2d_evidence_from_the_cuda_probes(tmp_path_factory):
