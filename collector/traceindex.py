@@ -29,6 +29,7 @@ from .tracereader import (
     COUNTER,
     END,
     INSTANT,
+    SLICE,
     TRACK,
     Interning,
     TraceError,
@@ -134,6 +135,57 @@ def _args_json(args) -> str:
     return _text(_encode({k: v if isinstance(v, (str, int, float)) else str(v) for k, v in args}))
 
 
+def _cached_json(cache: dict, args) -> str:
+    """_args_json(args), remembered for the arguments seen most recently."""
+    try:
+        j = cache.get(args)
+    except TypeError:   # a value that is not hashable (from the live writer)
+        return _args_json(args)
+    if j is None:
+        if len(cache) > 100_000:
+            cache.clear()
+        j = cache[args] = _args_json(args)
+    return j
+
+
+def _pairs_json(cache: dict, args) -> str:
+    """_args_json(args) for a dict's items (no name twice), pair by pair:
+    a name's JSON and a (name, string)'s are kept, as they mostly repeat
+    where the whole arguments do not (an offset). Remembered whole too."""
+    frags = cache.get(_FRAGS)
+    if frags is None or len(frags) >= _JSON_FRAGS:
+        frags = cache[_FRAGS] = {}
+    out = []
+    for p in args:
+        v = p[1]
+        t = type(v)
+        if t is int:   # not bool: its JSON differs
+            f = frags.get(p[0])
+            if f is None:
+                f = frags[p[0]] = _args_json(((p[0], 0),))[1:-1][:-1]
+            out.append(f + repr(v))
+        elif t is str:
+            f = frags.get(p)
+            if f is None:
+                f = frags[p] = _args_json((p,))[1:-1]
+            out.append(f)
+        else:
+            out.append(_args_json((p,))[1:-1])
+    j = "{" + ",".join(out) + "}"
+    if len(cache) > 100_000:
+        cache.clear()
+        cache[_FRAGS] = frags
+    try:
+        cache[args] = j
+    except TypeError:   # a value that is not hashable
+        pass
+    return j
+
+
+_FRAGS = ("",)     # args_cache's key for the fragment table (no args tuple looks like it)
+_JSON_FRAGS = 20_000
+
+
 def _text(s: str) -> str:
     """What the trace holds for s: the writer's own UTF-8 encoding of it."""
     return s if s.isascii() else utf8(s).decode("utf-8")
@@ -189,6 +241,35 @@ class IndexWriter:
         lo = hi = None
         for r in recs:
             kind = r[0]
+            if kind == SLICE:   # a whole slice (the live index): its row at once
+                ts, tr, name, args, end = r[1], r[2], r[3], r[4], r[5]
+                nid = names.get(name)
+                if nid is None:
+                    nid = names[name] = len(names) + 1
+                    names_new.append((nid, _text(name)))
+                if args is not None:
+                    try:
+                        j = args_cache.get(args)
+                    except TypeError:   # a value that is not hashable
+                        j = None
+                    args = j if j is not None else _pairs_json(args_cache, args)
+                st = openst.get(tr)
+                dur = end - ts
+                if dur < 0:
+                    dur = 0
+                rows.append((next_id, tr, ts, dur, len(st) if st else 0, dur.bit_length(), nid, args))
+                next_id += 1
+                if lo is None:
+                    lo = hi = ts
+                elif ts < lo:
+                    lo = ts
+                elif ts > hi:
+                    hi = ts
+                if end > hi:
+                    hi = end
+                elif end < lo:
+                    lo = end
+                continue
             if kind == END:
                 ts, tr = r[1], r[2]
                 st = openst.get(tr)
@@ -208,16 +289,7 @@ class IndexWriter:
                     nid = names[name] = len(names) + 1
                     names_new.append((nid, _text(name)))
                 if args is not None:
-                    try:
-                        j = args_cache.get(args)
-                    except TypeError:   # a value that is not hashable (from the live writer)
-                        j = _args_json(args)
-                    else:
-                        if j is None:
-                            if len(args_cache) > 100_000:
-                                args_cache.clear()
-                            j = args_cache[args] = _args_json(args)
-                    args = j
+                    args = _cached_json(args_cache, args)
                 if kind == BEGIN:
                     st = openst.get(tr)
                     if st is None:

@@ -15,6 +15,8 @@ Records are tuples, cheap to make and to consume, in file order:
   (COUNTER, ts, track, value)
   (TRACK, Track)                      a track descriptor (again on rename)
   (CLOCK, {clock_id: ts})
+  (SLICE, ts, track, name, args, end)  a whole slice: BEGIN and END at once
+                                      (the live index's, never read from a file)
 Interning is per trusted sequence; a packet flagged
 SEQ_INCREMENTAL_STATE_CLEARED empties its sequence's tables first. A name
 whose iid was never interned reads as "#iid", so damage shows instead of
@@ -34,14 +36,14 @@ from gpuscope.probes.events import Frame
 
 from .perfetto import MAX_PACKET, TraceError, split_frames
 
-__all__ = ["BEGIN", "CLOCK", "COUNTER", "END", "INSTANT", "TRACK", "Interning", "Track",
+__all__ = ["BEGIN", "CLOCK", "COUNTER", "END", "INSTANT", "SLICE", "TRACK", "Interning", "Track",
            "TraceError", "check", "file_size", "open_trace", "read_chunks", "read_head",
            "records"]
 
 CHUNK = 1 << 20   # a parsed chunk takes ~25x its size in memory
 BEGIN, END = pb.TrackEvent.TYPE_SLICE_BEGIN, pb.TrackEvent.TYPE_SLICE_END
 INSTANT, COUNTER = pb.TrackEvent.TYPE_INSTANT, pb.TrackEvent.TYPE_COUNTER
-TRACK, CLOCK = 101, 102
+TRACK, CLOCK, SLICE = 101, 102, 103
 SEQ_CLEARED = pb.TracePacket.SEQ_INCREMENTAL_STATE_CLEARED
 _UNITS = {pb.CounterDescriptor.UNIT_TIME_NS: "ns", pb.CounterDescriptor.UNIT_COUNT: "count",
           pb.CounterDescriptor.UNIT_SIZE_BYTES: "bytes"}
