@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from collections import Counter
 
 from . import readerproc
 from .protowire import utf8
@@ -359,13 +360,17 @@ class IndexWriter:
         finished = [r for r in rows if r[3] is not None]
         finished += [(sid, tr, ts, dur, depth, lvl) for dur, lvl, sid, tr, ts, depth in closed]
         db.executemany(AGG_UPSERT, aggregate(finished))
-        for r in rows:
-            t = tracks.get(r[1])
+        # Per track: counted and folded over the few distinct values, not row by row.
+        for tr, n in Counter([r[1] for r in rows]).items():
+            t = tracks.get(tr)
             if t is not None:
-                t["n_slices"] += 1
-                t["lvls"] |= 1 << r[5]
-                if r[4] > t["max_depth"]:
-                    t["max_depth"] = r[4]
+                t["n_slices"] += n
+        for tr, lvl, depth in {(r[1], r[5], r[4]) for r in rows}:
+            t = tracks.get(tr)
+            if t is not None:
+                t["lvls"] |= 1 << lvl
+                if depth > t["max_depth"]:
+                    t["max_depth"] = depth
         for c in closed:
             t = tracks.get(c[3])
             if t is not None:
