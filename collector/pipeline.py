@@ -267,6 +267,12 @@ class Pipeline:
         """Ahead of the merge: the target's tree changes at once (a fork's child
         must be tracked before its first events), samples are remembered for
         attribution (a sample taken during a span arrives after it)."""
+        kinds = set(map(type, batch))   # most batches are spans only: no loop in Python
+        if StackSample in kinds or Instant in kinds:
+            self._scan(batch)
+        self._pending.extend(batch)
+
+    def _scan(self, batch: list[Event]) -> None:
         for ev in batch:
             if type(ev) is StackSample:
                 self.attribution.remember(ev)
@@ -279,7 +285,6 @@ class Pipeline:
                     self.live.discard(ev.pid)
                     for src in self.sources:
                         src.remove_process(ev.pid)
-        self._pending.extend(batch)
 
     def _add_process(self, pid: int) -> None:
         self.processes.add(pid)
@@ -308,6 +313,8 @@ class Pipeline:
 
     def _annotate(self, ready: list[Event], count_losses: bool = False) -> None:
         hist, annotate, losses = self.attribution.hist, self.attribution.annotate, self._losses
+        if not hist and not (count_losses and Loss in set(map(type, ready))):
+            return   # no samples to attribute to, no losses to count
         for ev in ready:
             if type(ev) is Span:
                 if ev.tid in hist:
