@@ -92,7 +92,8 @@ class IndexedWriter:
 
     def slice(self, track: int, start: int, end: int, name: str, args: dict | None = None) -> None:
         self.w.slice(track, start, end, name, args)
-        self._add((SLICE, start, track, name, tuple(args.items()) if args else None, end))
+        # args as is (the dict): the record is consumed at the next flush, in this feed
+        self._add((SLICE, start, track, name, args or None, end))
 
     def instant(self, track: int, ts: int, name: str, args: dict | None = None) -> None:
         self.w.instant(track, ts, name, args)

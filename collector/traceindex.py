@@ -149,41 +149,30 @@ def _cached_json(cache: dict, args) -> str:
     return j
 
 
-def _pairs_json(cache: dict, args) -> str:
-    """_args_json(args) for a dict's items (no name twice), pair by pair:
-    a name's JSON and a (name, string)'s are kept, as they mostly repeat
-    where the whole arguments do not (an offset). Remembered whole too."""
-    frags = cache.get(_FRAGS)
-    if frags is None or len(frags) >= _JSON_FRAGS:
-        frags = cache[_FRAGS] = {}
+def _pairs_json(frags: dict, items) -> str:
+    """_args_json(items) for a dict's items (no name twice), pair by pair:
+    the JSON of a name and of a (name, string) is kept, as they mostly
+    repeat where the whole arguments do not (an offset)."""
+    if len(frags) > _JSON_FRAGS:
+        frags.clear()
     out = []
-    for p in args:
-        v = p[1]
+    for k, v in items:
         t = type(v)
-        if t is int:   # not bool: its JSON differs
-            f = frags.get(p[0])
+        if t is int:   # not bool, whose JSON differs
+            f = frags.get(k)
             if f is None:
-                f = frags[p[0]] = _args_json(((p[0], 0),))[1:-1][:-1]
+                f = frags[k] = _args_json(((k, 0),))[1:-2]
             out.append(f + repr(v))
         elif t is str:
-            f = frags.get(p)
+            f = frags.get((k, v))
             if f is None:
-                f = frags[p] = _args_json((p,))[1:-1]
+                f = frags[(k, v)] = _args_json(((k, v),))[1:-1]
             out.append(f)
         else:
-            out.append(_args_json((p,))[1:-1])
-    j = "{" + ",".join(out) + "}"
-    if len(cache) > 100_000:
-        cache.clear()
-        cache[_FRAGS] = frags
-    try:
-        cache[args] = j
-    except TypeError:   # a value that is not hashable
-        pass
-    return j
+            out.append(_args_json(((k, v),))[1:-1])
+    return "{" + ",".join(out) + "}"
 
 
-_FRAGS = ("",)     # args_cache's key for the fragment table (no args tuple looks like it)
 _JSON_FRAGS = 20_000
 
 
@@ -203,6 +192,7 @@ class IndexWriter:
         self.open: dict[int, list[list]] = {}      # track -> stack of [id, ts, depth, name, args, stored]
         self.meta: dict = {}
         self.args_cache: dict = {}
+        self.frags: dict = {}                       # see _pairs_json
 
     def fresh_meta(self) -> dict:
         return {"schema": SCHEMA, "offset": 0, "head": "", "next_id": 1, "next_instant": 1,
@@ -212,7 +202,7 @@ class IndexWriter:
     def reset(self) -> None:
         for t in TABLES:
             self.db.execute(f"DELETE FROM {t}")
-        self.names, self.tracks, self.open, self.args_cache = {}, {}, {}, {}
+        self.names, self.tracks, self.open, self.args_cache, self.frags = {}, {}, {}, {}, {}
         self.meta = self.fresh_meta()
         self.db.commit()
 
@@ -238,7 +228,7 @@ class IndexWriter:
         rows, closed, instants, counters = [], [], [], []
         next_id, next_instant = m["next_id"], m["next_instant"]
         t_min, t_max = m["t_min"], m["t_max"]
-        openst, args_cache = self.open, self.args_cache
+        openst, args_cache, frags = self.open, self.args_cache, self.frags
         lo = hi = None
         for r in recs:
             kind = r[0]
@@ -249,11 +239,7 @@ class IndexWriter:
                     nid = names[name] = len(names) + 1
                     names_new.append((nid, _text(name)))
                 if args is not None:
-                    try:
-                        j = args_cache.get(args)
-                    except TypeError:   # a value that is not hashable
-                        j = None
-                    args = j if j is not None else _pairs_json(args_cache, args)
+                    args = _pairs_json(frags, args.items())
                 st = openst.get(tr)
                 dur = end - ts
                 if dur < 0:

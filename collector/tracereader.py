@@ -15,7 +15,7 @@ Records are tuples, cheap to make and to consume, in file order:
   (COUNTER, ts, track, value)
   (TRACK, Track)                      a track descriptor (again on rename)
   (CLOCK, {clock_id: ts})
-  (SLICE, ts, track, name, args, end)  a whole slice: BEGIN and END at once
+  (SLICE, ts, track, name, args, end)  a whole slice, args a dict or None
                                       (the live index's, never read from a file)
 Interning is per trusted sequence; a packet flagged
 SEQ_INCREMENTAL_STATE_CLEARED empties its sequence's tables first. A name
