@@ -116,10 +116,11 @@ class IoProbe(Probe):
             t = self.fds.get(pid)
             known = t.get(fd) if t is not None else self._table(pid).get(fd)
             if known is not None:
-                args = ({"fd": fd, "path": known, "bytes": ret, "requested": count, "offset": offset}
-                        if offset >= 0 and kind in _OFFSET_KINDS else
-                        {"fd": fd, "path": known, "bytes": ret, "requested": count})
-                out.append(Span(IO, IO_KINDS[kind], pid, tid, start, end, args))
+                out.append(Span(IO, IO_KINDS[kind], pid, tid, start, end,
+                                {"fd": fd, "path": known, "bytes": ret, "requested": count,
+                                 "offset": offset}
+                                if offset >= 0 and kind in _OFFSET_KINDS else
+                                {"fd": fd, "path": known, "bytes": ret, "requested": count}))
                 return
         args: dict = {}
         if kind in _NEW_FDS:
