@@ -17,13 +17,12 @@ dur NULL and completed by a later batch."""
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 from collections import Counter
 
 from . import readerproc
-from .protowire import utf8
+from .indexargs import cached_json, pairs_json, text
 from .tracereader import (
     BEGIN,
     CLOCK,
@@ -127,60 +126,6 @@ def aggregate(finished) -> list[tuple]:
     return out
 
 
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
-def _args_json(args) -> str:
-    """Arguments as JSON, each value as the trace holds it: a number, a bool,
-    or else its str() (what the writer encodes for any other value)."""
-    return _text(_encode({k: v if isinstance(v, (str, int, float)) else str(v) for k, v in args}))
-
-
-def _cached_json(cache: dict, args) -> str:
-    """_args_json(args), remembered for the arguments seen most recently."""
-    try:
-        j = cache.get(args)
-    except TypeError:   # a value that is not hashable (from the live writer)
-        return _args_json(args)
-    if j is None:
-        if len(cache) > 100_000:
-            cache.clear()
-        j = cache[args] = _args_json(args)
-    return j
-
-
-def _pairs_json(frags: dict, items) -> str:
-    """_args_json(items) for a dict's items (no name twice), pair by pair:
-    the JSON of a name and of a (name, string) is kept, as they mostly
-    repeat where the whole arguments do not (an offset)."""
-    if len(frags) > _JSON_FRAGS:
-        frags.clear()
-    out = []
-    for k, v in items:
-        t = type(v)
-        if t is int:   # not bool, whose JSON differs
-            f = frags.get(k)
-            if f is None:
-                f = frags[k] = _args_json(((k, 0),))[1:-2]
-            out.append(f + repr(v))
-        elif t is str:
-            f = frags.get((k, v))
-            if f is None:
-                f = frags[(k, v)] = _args_json(((k, v),))[1:-1]
-            out.append(f)
-        else:
-            out.append(_args_json(((k, v),))[1:-1])
-    return "{" + ",".join(out) + "}"
-
-
-_JSON_FRAGS = 20_000
-
-
-def _text(s: str) -> str:
-    """What the trace holds for s: the writer's own UTF-8 encoding of it."""
-    return s if s.isascii() else utf8(s).decode("utf-8")
-
-
 class IndexWriter:
     """Turns trace records into index rows; one writer per index file."""
 
@@ -237,9 +182,9 @@ class IndexWriter:
                 nid = names.get(name)
                 if nid is None:
                     nid = names[name] = len(names) + 1
-                    names_new.append((nid, _text(name)))
+                    names_new.append((nid, text(name)))
                 if args is not None:
-                    args = _pairs_json(frags, args.items())
+                    args = pairs_json(frags, args.items())
                 st = openst.get(tr)
                 dur = end - ts
                 if dur < 0:
@@ -274,9 +219,9 @@ class IndexWriter:
                 nid = names.get(name)
                 if nid is None:
                     nid = names[name] = len(names) + 1
-                    names_new.append((nid, _text(name)))
+                    names_new.append((nid, text(name)))
                 if args is not None:
-                    args = _cached_json(args_cache, args)
+                    args = cached_json(args_cache, args)
                 if kind == BEGIN:
                     st = openst.get(tr)
                     if st is None:
@@ -329,7 +274,7 @@ class IndexWriter:
                 "uuid": td.uuid, "parent": 0, "kind": "global", "name": "", "pid": 0, "tid": 0,
                 "unit": "", "rank": 0, "ord": self.meta["ord"], "max_depth": -1, "lvls": 0,
                 "n_slices": 0, "n_instants": 0, "n_counters": 0}
-        t.update(parent=td.parent, kind=td.kind, name=_text(td.name), pid=td.pid, tid=td.tid,
+        t.update(parent=td.parent, kind=td.kind, name=text(td.name), pid=td.pid, tid=td.tid,
                  unit=td.unit, rank=td.rank)
 
     def _write(self, names_new, interned, rows, closed, instants, counters):
