@@ -100,9 +100,11 @@ def c_target(d: str) -> str:
     return exe
 
 
-def source_alone(exe: str, data: str, rate: int, seconds: float = 2.0) -> tuple[int, int, float]:
+def source_alone(exe: str, data: str, rate: int, seconds: float = 2.0,
+                 keep: list | None = None) -> tuple[int, int, float]:
     """The eBPF source by itself, in this process: ring reads and decode into
-    events, no trace writing. (calls, events, CPU seconds while polling)."""
+    events, no trace writing. (calls, events, CPU seconds while polling);
+    the events' batches are appended to `keep` if given."""
     import time
 
     from gpuscope.probes.io import IoProbe
@@ -119,14 +121,66 @@ def source_alone(exe: str, data: str, rate: int, seconds: float = 2.0) -> tuple[
     try:
         t.stdin.write("go\n")
         t.stdin.flush()
-        n, c0 = 0, time.process_time()
+        batches: list = [] if keep is None else keep
+        c0 = time.process_time()
         while t.poll() is None:
-            n += len(k.poll(0.1))
-        n += len(k.drain())
+            batches.append(k.poll(0.1))
+        batches.append(k.drain())
         cpu = time.process_time() - c0
         return int(t.stdout.read()), k.stats().events["io"], cpu
     finally:
         k.stop()
+
+
+def downstream(batches: list[list]) -> tuple[int, float, float]:
+    """What the collector does with the source's events, in this process on
+    the same events: the merge (a pipeline with a no-op consumer) and the
+    recording (trace + live index), each alone. (events, merge CPU s,
+    recording CPU s)."""
+    import gc
+    import threading
+    import time
+
+    from gpuscope.collector import pipeline
+    from gpuscope.collector.pipeline import Pipeline, Tap
+    from gpuscope.collector.recording import Recording
+    from gpuscope.probes.source import Source
+
+    class Replay(Source):
+        name = "replay"
+
+        def __init__(self, todo):
+            self.todo, self.done = list(todo), threading.Event()
+
+        def poll(self, timeout_s):
+            if not self.todo:
+                self.done.set()
+                time.sleep(timeout_s)
+                return []
+            return self.todo.pop(0)
+
+    events = [ev for b in batches for ev in b]
+    gen0 = getattr(pipeline, "GC_GEN0", 0)   # as the pipeline sets it (an older tree: as is)
+    if gen0:
+        gc.set_threshold(gen0, *gc.get_threshold()[1:])
+    p = Pipeline(follow_children=False, reorder_ns=0)
+    p.add_consumer(Tap(lambda b: None))
+    src = Replay([list(b) for b in batches])
+    p.attach(os.getpid(), [src])
+    stop = threading.Event()
+    p.on_tick(lambda _p: src.done.is_set() and p._queue.empty() and stop.set(), every_s=0.05)
+    c0 = time.thread_time()
+    p.run(stop)
+    p.close()
+    merge = time.thread_time() - c0
+    with tempfile.TemporaryDirectory() as d:
+        rec = Recording(os.path.join(d, "r.pftrace"), os.getpid(), ["bench"])
+        c0 = time.process_time()
+        for i in range(0, len(events), 25_000):   # batches as the pipeline hands on
+            rec.feed(events[i:i + 25_000])
+        rec.close()
+        recording = time.process_time() - c0
+    return len(events), merge, recording
 
 
 def main() -> None:
@@ -140,9 +194,10 @@ def main() -> None:
         print(f"{r['achieved']:>15,.0f} {r['events']:>11,} {r['summed']:>9,} {r['lost']:>8,} {loss:>6.1f}% "
               f"{r['mb']:>9.1f}")
     print("\nCollector CPU per kernel event (user+sys of gpuscope after attach / syscalls the target made;"
-          " C target, --no-sched --no-python)")
+          " µs/taken: / events it took in, one by one or summed, i.e. not lost; C target, --no-sched"
+          " --no-python --max-overhead 100, so that the budget never sums the one-by-one path)")
     print(f"{'path':>26} {'asked/s':>9} {'made/s':>10} {'one by one':>11} {'summed':>10} {'lost':>9} "
-          f"{'loss %':>7} {'CPU s':>6} {'µs/event':>9}")
+          f"{'loss %':>7} {'CPU s':>6} {'µs/event':>9} {'µs/taken':>9}")
     with tempfile.TemporaryDirectory() as d:
         exe = c_target(d)
         data = os.path.join(d, "data.bin")
@@ -151,14 +206,21 @@ def main() -> None:
         for label, mode, path in (("/dev/zero read (IPC-like)", "r", "/dev/zero"),
                                   ("data-file pread", "p", data)):
             for rate in (100_000, 500_000, 1_000_000):
-                r = run([exe, str(rate), "3", mode, path], 3.0, ("--no-sched", "--no-python"))
+                r = run([exe, str(rate), "3", mode, path], 3.0,
+                        ("--no-sched", "--no-python", "--max-overhead", "100"))
                 attach.append(r["attach_s"])
                 loss = 100 * r["lost"] / max(1, r["calls"])
                 print(f"{label:>26} {rate:>9,} {r['achieved']:>10,.0f} {r['events']:>11,} {r['summed']:>10,} "
-                      f"{r['lost']:>9,} {loss:>6.1f}% {r['cpu_s']:>6.2f} {1e6 * r['cpu_s'] / max(1, r['calls']):>9.2f}")
-        print("\neBPF source alone (ring read + decode into events, no trace), data-file pread at 100k/s")
-        calls, events, cpu = source_alone(exe, data, 100_000)
-        print(f"  {calls:,} calls, {events:,} events, {cpu:.2f} s CPU: {1e6 * cpu / max(1, events):.2f} µs/event")
+                      f"{r['lost']:>9,} {loss:>6.1f}% {r['cpu_s']:>6.2f} {1e6 * r['cpu_s'] / max(1, r['calls']):>9.2f}"
+                      f" {1e6 * r['cpu_s'] / max(1, r['events'] + r['summed']):>9.2f}")
+        print("\nWhere a one-by-one event's CPU goes, data-file pread at 100k/s, each part alone in"
+              " this process (µs per event)")
+        kept: list = []
+        calls, events, cpu = source_alone(exe, data, 100_000, keep=kept)
+        n, merge, recording = downstream(kept)
+        per = [1e6 * x / max(1, n) for x in (cpu, merge, recording)]
+        print(f"  {calls:,} calls, {events:,} events: eBPF source (ring read + decode) {per[0]:.2f}, "
+              f"merge {per[1]:.2f}, recording (trace + live index) {per[2]:.2f}, sum {sum(per):.2f}")
     print(f"time from attach to probes live: median {sorted(attach)[len(attach) // 2]:.2f}s "
           f"(min {min(attach):.2f}s, max {max(attach):.2f}s; BCC compiles the programs each time)")
 

@@ -27,6 +27,7 @@ _DOUBLE = tag(_DA["double_value"], pw.I64)
 _STR = tag(_DA["string_value"], pw.LEN)
 _TRUE, _FALSE = _BOOL + b"\x01", _BOOL + b"\x00"
 _SHORT = 128   # strings up to this many bytes take the precomputed prefix
+STR_CACHE = 20_000   # encoded (name, string) pairs kept (a few MB)
 
 
 def value(v) -> bytes:
@@ -56,6 +57,7 @@ class Annotations:
     def __init__(self, pending: bytearray):
         self.pending = pending
         self.names: dict[str, tuple] = {}   # name -> prefixes, see _name
+        self.strs: dict[tuple, bytes] = {}   # (name, string) -> its annotation
 
     def _name(self, name: str) -> tuple:
         """(int prefixes by varint length, short-string prefixes by byte
@@ -73,16 +75,18 @@ class Annotations:
         return e
 
     def encode(self, args: dict) -> bytes:
-        """The TrackEvent.debug_annotations fields of args, in its order."""
-        names = self.names
+        """The TrackEvent.debug_annotations fields of args, in its order. A
+        (name, string) pair is encoded once and then looked up: most repeat
+        (a path); ints are a table lookup anyway."""
+        names, strs = self.names, self.strs
         out = []
         for k, v in args.items():
-            try:
-                e = names[k]
-            except KeyError:
-                e = self._name(k)
             t = type(v)
             if t is int:
+                try:
+                    e = names[k]
+                except KeyError:
+                    e = self._name(k)
                 if 0 <= v < 16384:
                     b = SMALL[v]
                 elif 0 < v < 268435456:
@@ -94,15 +98,29 @@ class Annotations:
                     continue
                 out.append(e[0][len(b)] + b)
             elif t is str:
-                try:
-                    b = v.encode()
-                except UnicodeEncodeError:
-                    b = pw.utf8(v)
-                n = len(b)
-                out.append(e[1][n] + b if n < _SHORT else
-                           f_bytes(_FIELD, e[3] + _STR + varint(n) + b))
-            elif t is float:
-                out.append(e[2] + pack_double(v))
+                b = strs.get((k, v))
+                if b is None:
+                    if len(strs) >= STR_CACHE:
+                        strs.clear()
+                    b = strs[(k, v)] = self._other(k, v)
+                out.append(b)
             else:
-                out.append(f_bytes(_FIELD, e[3] + value(v)))
+                out.append(self._other(k, v))
         return b"".join(out)
+
+    def _other(self, k: str, v) -> bytes:
+        try:
+            e = self.names[k]
+        except KeyError:
+            e = self._name(k)
+        t = type(v)
+        if t is str:
+            try:
+                b = v.encode()
+            except UnicodeEncodeError:
+                b = pw.utf8(v)
+            n = len(b)
+            return e[1][n] + b if n < _SHORT else f_bytes(_FIELD, e[3] + _STR + varint(n) + b)
+        if t is float:
+            return e[2] + pack_double(v)
+        return f_bytes(_FIELD, e[3] + value(v))

@@ -19,7 +19,7 @@ import sqlite3
 
 from .perfetto import TraceWriter
 from .traceindex import IndexWriter, connect
-from .tracereader import BEGIN, CLOCK, COUNTER, END, INSTANT, TRACK, Track, read_head
+from .tracereader import BEGIN, CLOCK, COUNTER, END, INSTANT, SLICE, TRACK, Track, read_head
 
 INDEX_DIR = ".gpuscope-index"
 TRACE_EXT = ".pftrace"
@@ -92,8 +92,8 @@ class IndexedWriter:
 
     def slice(self, track: int, start: int, end: int, name: str, args: dict | None = None) -> None:
         self.w.slice(track, start, end, name, args)
-        self._add((BEGIN, start, track, name, tuple(args.items()) if args else None))
-        self._add((END, end, track))
+        # args as is (the dict): the record is consumed at the next flush, in this feed
+        self._add((SLICE, start, track, name, args or None, end))
 
     def instant(self, track: int, ts: int, name: str, args: dict | None = None) -> None:
         self.w.instant(track, ts, name, args)

@@ -256,8 +256,16 @@ class TraceWriter:
         body = tk[0] + (self._names.get(name) or self._name(name))
         if args:
             body += self._args.encode(args)
-        self.buf += b"".join((self._open(tsb, body), _FRAME, SMALL[len(teb) + tk[4]], _TS, teb,
-                              tk[1]))
+        if self._pending:
+            self.buf += b"".join((self._open(tsb, body), _FRAME, SMALL[len(teb) + tk[4]], _TS, teb,
+                                  tk[1]))
+        else:   # _open() inlined: nothing newly interned, the common case
+            n = len(body)
+            lb = SMALL[n] if n < 16384 else varint(n)
+            n += _HEAD_LEN + len(tsb) + len(lb)
+            self.buf += b"".join((_FRAME, SMALL[n] if n < 16384 else varint(n), _TS, tsb,
+                                  _HEAD_INTERNED, lb, body,
+                                  _FRAME, SMALL[len(teb) + tk[4]], _TS, teb, tk[1]))
         self.packets += 2
 
     def begin(self, track: int, ts: int, name: str, args: dict | None = None) -> None:

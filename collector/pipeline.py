@@ -24,6 +24,7 @@ batches, e.g. the status line, stop conditions, an overhead budget.
 from __future__ import annotations
 
 import bisect
+import gc
 import operator
 import queue
 import threading
@@ -39,6 +40,11 @@ from .pystacks import Attribution
 
 REORDER_NS = 300_000_000     # events are handed on once this much older than now
 FLUSH_EVERY_S = 0.25
+# Young objects before CPython's cyclic GC runs (default 700). The pipeline
+# makes several per event (the event, its args, records), none in cycles; at
+# the default the GC ran every ~100 events and took ~12% of a recording's CPU
+# (bench/bench_capture.py's one-by-one path).
+GC_GEN0 = 100_000
 
 
 class Consumer(Protocol):
@@ -163,6 +169,12 @@ class Pipeline:
             for p in procfs.descendants(pid):   # forked while the sources were starting
                 if p not in self.processes:
                     self._add_process(p)
+        # What the first attach built (BCC's program and tables, symbol caches)
+        # lives on: out of the GC's scans. Fewer, larger young collections.
+        if self.generation == 1:
+            gc.freeze()
+        if gc.get_threshold()[0] < GC_GEN0:
+            gc.set_threshold(GC_GEN0, *gc.get_threshold()[1:])
         self._pump_stop = threading.Event()
         self._pumps = []
         for src in started:
@@ -255,6 +267,12 @@ class Pipeline:
         """Ahead of the merge: the target's tree changes at once (a fork's child
         must be tracked before its first events), samples are remembered for
         attribution (a sample taken during a span arrives after it)."""
+        kinds = set(map(type, batch))   # most batches are spans only: no loop in Python
+        if StackSample in kinds or Instant in kinds:
+            self._scan(batch)
+        self._pending.extend(batch)
+
+    def _scan(self, batch: list[Event]) -> None:
         for ev in batch:
             if type(ev) is StackSample:
                 self.attribution.remember(ev)
@@ -267,7 +285,6 @@ class Pipeline:
                     self.live.discard(ev.pid)
                     for src in self.sources:
                         src.remove_process(ev.pid)
-        self._pending.extend(batch)
 
     def _add_process(self, pid: int) -> None:
         self.processes.add(pid)
@@ -296,6 +313,8 @@ class Pipeline:
 
     def _annotate(self, ready: list[Event], count_losses: bool = False) -> None:
         hist, annotate, losses = self.attribution.hist, self.attribution.annotate, self._losses
+        if not hist and not (count_losses and Loss in set(map(type, ready))):
+            return   # no samples to attribute to, no losses to count
         for ev in ready:
             if type(ev) is Span:
                 if ev.tid in hist:

@@ -42,6 +42,7 @@ class Timeline:
         self.globals: dict[str, int] = {}
         self.lost: dict[str, int] = {}
         self.python = PythonTracks(self)
+        self._spans: dict[tuple[int, str], tuple[int, int]] = {}   # (tid, cat) -> (pid, uuid)
 
     # -- tracks ------------------------------------------------------------
     def process(self, pid: int) -> int:
@@ -84,6 +85,27 @@ class Timeline:
         return u
 
     # -- events ------------------------------------------------------------
+    def add_many(self, events: list[Event]) -> None:
+        """add() for each event, with a thread's span track looked up once
+        (and the writer's flush checked every 1024 events): the hot path."""
+        known, add, slice_, maybe_flush = self._spans, self.add, self.w.slice, self.w.maybe_flush
+        n = 0
+        for ev in events:
+            if type(ev) is Span and ev.pid:
+                hit = known.get((ev.tid, ev.cat))
+                if hit is None or hit[0] != ev.pid:
+                    track = self.child(ev.pid, ev.tid, ev.cat)
+                    known[(ev.tid, ev.cat)] = (ev.pid, track)
+                else:
+                    track = hit[1]
+                slice_(track, ev.start, ev.end, ev.name, ev.args)
+                n += 1
+                if not n & 1023:
+                    maybe_flush()
+            else:
+                add(ev)
+        maybe_flush()
+
     def add(self, ev: Event) -> None:
         # Commonest first; direct type(ev) tests, which mypy narrows on.
         if type(ev) is Span:
@@ -103,6 +125,7 @@ class Timeline:
             if ev.name == "exit" and ev.tid:
                 self.python.thread_exited(ev.tid, ev.ts)
                 self.threads.pop(ev.tid, None)  # a reused tid gets a new track
+                self._spans.clear()
         elif type(ev) is CounterSample:
             self.w.counter(self.counter_track(ev.pid, ev.track, ev.unit), ev.ts, ev.value)
         elif type(ev) is ThreadName:

@@ -20,11 +20,19 @@ as folding it batch by batch, for a fraction of the work."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
+from collections import Counter
 
-from .protowire import utf8
-from .tracereader import BEGIN, CLOCK, COUNTER, END, INSTANT, TRACK
+from .indexargs import cached_json, pairs_json, text
+from .tracereader import (
+    BEGIN,
+    CLOCK,
+    COUNTER,
+    END,
+    INSTANT,
+    SLICE,
+    TRACK,
+)
 
 SCHEMA = 5
 LEVELS = (16, 19, 22, 25, 28, 31, 34)   # buckets of 65 µs … 17 s
@@ -119,20 +127,6 @@ def aggregate(finished) -> list[tuple]:
     return out
 
 
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
-def _args_json(args) -> str:
-    """Arguments as JSON, each value as the trace holds it: a number, a bool,
-    or else its str() (what the writer encodes for any other value)."""
-    return _text(_encode({k: v if isinstance(v, (str, int, float)) else str(v) for k, v in args}))
-
-
-def _text(s: str) -> str:
-    """What the trace holds for s: the writer's own UTF-8 encoding of it."""
-    return s if s.isascii() else utf8(s).decode("utf-8")
-
-
 class IndexWriter:
     """Turns trace records into index rows; one writer per index file."""
 
@@ -145,6 +139,7 @@ class IndexWriter:
         self.open: dict[int, list[list]] = {}      # track -> stack of [id, ts, depth, name, args, stored]
         self.meta: dict = {}
         self.args_cache: dict = {}
+        self.frags: dict = {}                       # see _pairs_json
 
     def fresh_meta(self) -> dict:
         return {"schema": SCHEMA, "offset": 0, "head": "", "next_id": 1, "next_instant": 1,
@@ -154,7 +149,7 @@ class IndexWriter:
     def reset(self) -> None:
         for t in TABLES:
             self.db.execute(f"DELETE FROM {t}")
-        self.names, self.tracks, self.open, self.args_cache = {}, {}, {}, {}
+        self.names, self.tracks, self.open, self.args_cache, self.frags = {}, {}, {}, {}, {}
         self.meta = self.fresh_meta()
         self.db.commit()
 
@@ -180,10 +175,35 @@ class IndexWriter:
         rows, closed, instants, counters = [], [], [], []
         next_id, next_instant = m["next_id"], m["next_instant"]
         t_min, t_max = m["t_min"], m["t_max"]
-        openst, args_cache = self.open, self.args_cache
+        openst, args_cache, frags = self.open, self.args_cache, self.frags
         lo = hi = None
         for r in recs:
             kind = r[0]
+            if kind == SLICE:   # a whole slice (the live index): its row at once
+                ts, tr, name, args, end = r[1], r[2], r[3], r[4], r[5]
+                nid = names.get(name)
+                if nid is None:
+                    nid = names[name] = len(names) + 1
+                    names_new.append((nid, text(name)))
+                if args is not None:
+                    args = pairs_json(frags, args.items())
+                st = openst.get(tr)
+                dur = end - ts
+                if dur < 0:
+                    dur = 0
+                rows.append((next_id, tr, ts, dur, len(st) if st else 0, dur.bit_length(), nid, args))
+                next_id += 1
+                if lo is None:
+                    lo = hi = ts
+                elif ts < lo:
+                    lo = ts
+                elif ts > hi:
+                    hi = ts
+                if end > hi:
+                    hi = end
+                elif end < lo:
+                    lo = end
+                continue
             if kind == END:
                 ts, tr = r[1], r[2]
                 st = openst.get(tr)
@@ -201,18 +221,9 @@ class IndexWriter:
                 nid = names.get(name)
                 if nid is None:
                     nid = names[name] = len(names) + 1
-                    names_new.append((nid, _text(name)))
+                    names_new.append((nid, text(name)))
                 if args is not None:
-                    try:
-                        j = args_cache.get(args)
-                    except TypeError:   # a value that is not hashable (from the live writer)
-                        j = _args_json(args)
-                    else:
-                        if j is None:
-                            if len(args_cache) > 100_000:
-                                args_cache.clear()
-                            j = args_cache[args] = _args_json(args)
-                    args = j
+                    args = cached_json(args_cache, args)
                 if kind == BEGIN:
                     st = openst.get(tr)
                     if st is None:
@@ -265,7 +276,7 @@ class IndexWriter:
                 "uuid": td.uuid, "parent": 0, "kind": "global", "name": "", "pid": 0, "tid": 0,
                 "unit": "", "rank": 0, "ord": self.meta["ord"], "max_depth": -1, "lvls": 0,
                 "n_slices": 0, "n_instants": 0, "n_counters": 0}
-        t.update(parent=td.parent, kind=td.kind, name=_text(td.name), pid=td.pid, tid=td.tid,
+        t.update(parent=td.parent, kind=td.kind, name=text(td.name), pid=td.pid, tid=td.tid,
                  unit=td.unit, rank=td.rank)
 
     def _write(self, names_new, interned, rows, closed, instants, counters):
@@ -283,13 +294,17 @@ class IndexWriter:
             finished = [r for r in rows if r[3] is not None]
             finished += [(sid, tr, ts, dur, depth, lvl) for dur, lvl, sid, tr, ts, depth in closed]
             db.executemany(AGG_UPSERT, aggregate(finished))
-        for r in rows:
-            t = tracks.get(r[1])
+        # Per track: counted and folded over the few distinct values, not row by row.
+        for tr, n in Counter([r[1] for r in rows]).items():
+            t = tracks.get(tr)
             if t is not None:
-                t["n_slices"] += 1
-                t["lvls"] |= 1 << r[5]
-                if r[4] > t["max_depth"]:
-                    t["max_depth"] = r[4]
+                t["n_slices"] += n
+        for tr, lvl, depth in {(r[1], r[5], r[4]) for r in rows}:
+            t = tracks.get(tr)
+            if t is not None:
+                t["lvls"] |= 1 << lvl
+                if depth > t["max_depth"]:
+                    t["max_depth"] = depth
         for c in closed:
             t = tracks.get(c[3])
             if t is not None:

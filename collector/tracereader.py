@@ -22,6 +22,7 @@ from .tracerecords import (
     COUNTER,
     END,
     INSTANT,
+    SLICE,
     TRACK,
     Interning,
     Trace,
@@ -31,7 +32,7 @@ from .tracerecords import (
     records,
 )
 
-__all__ = ["BEGIN", "CLOCK", "COUNTER", "END", "INSTANT", "TRACK", "Interning", "Track",
+__all__ = ["BEGIN", "CLOCK", "COUNTER", "END", "INSTANT", "SLICE", "TRACK", "Interning", "Track",
            "TraceError", "check", "file_size", "open_trace", "read", "read_chunks", "read_head",
            "read_records", "records"]
 

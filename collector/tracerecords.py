@@ -34,7 +34,7 @@ from gpuscope.probes.events import Frame
 
 BEGIN, END = pb.TrackEvent.TYPE_SLICE_BEGIN, pb.TrackEvent.TYPE_SLICE_END
 INSTANT, COUNTER = pb.TrackEvent.TYPE_INSTANT, pb.TrackEvent.TYPE_COUNTER
-TRACK, CLOCK = 101, 102
+TRACK, CLOCK, SLICE = 101, 102, 103  # SLICE: the live index's, never read from a file
 SEQ_CLEARED = pb.TracePacket.SEQ_INCREMENTAL_STATE_CLEARED
 _UNITS = {pb.CounterDescriptor.UNIT_TIME_NS: "ns", pb.CounterDescriptor.UNIT_COUNT: "count",
           pb.CounterDescriptor.UNIT_SIZE_BYTES: "bytes"}

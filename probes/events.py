@@ -38,6 +38,11 @@ class Span:
         return self.start
 
 
+# Span.ts reads the start slot itself, as fast as Instant.ts: the merge sorts
+# every event by .ts (a property costs a Python call per event per sort).
+setattr(Span, "ts", Span.__dict__["start"])  # noqa: B010 (an assignment would not type-check)
+
+
 @dataclass(slots=True)
 class Instant:
     """A point in time: fork, exec, exit, a rename, a verdict flag.

@@ -30,6 +30,7 @@ _PATH_KINDS = {1, 11, 12, 16}
 _NEW_FDS = {17: ("pipe:", "pipe"), 18: ("socket:", "socket"), 19: ("socket:", "socket"),
             20: ("anon_inode:", "eventfd"), 21: ("/memfd:", "memfd")}
 _BYTES_KINDS = {2, 3, 4, 5, 6, 7, 8, 15}  # ret is a byte count
+_OFFSET_KINDS = {3, 5, 7, 10, 15}         # offset is an argument
 AT_FDCWD = -100
 _NOT_DATA = ("/dev/", "/proc/", "/sys/", "/memfd:")
 
@@ -111,6 +112,16 @@ class IoProbe(Probe):
     # -- decode ------------------------------------------------------------
     def decode(self, raw: bytes, size: int, out: list[Event]) -> None:
         start, end, pid, tid, kind, fd, ret, count, offset = self.head.unpack_from(raw)
+        if kind in _BYTES_KINDS and ret >= 0:   # the commonest: a read or write of a known fd
+            t = self.fds.get(pid)
+            known = t.get(fd) if t is not None else self._table(pid).get(fd)
+            if known is not None:
+                out.append(Span(IO, IO_KINDS[kind], pid, tid, start, end,
+                                {"fd": fd, "path": known, "bytes": ret, "requested": count,
+                                 "offset": offset}
+                                if offset >= 0 and kind in _OFFSET_KINDS else
+                                {"fd": fd, "path": known, "bytes": ret, "requested": count}))
+                return
         args: dict = {}
         if kind in _NEW_FDS:
             fds = [count, offset] if kind in (17, 19) else [ret]
@@ -139,8 +150,8 @@ class IoProbe(Probe):
             args["requested"] = count
         elif kind == 10:  # mmap
             args["length"] = count
-        if offset >= 0 and kind in (3, 5, 7, 10, 15):
+        if offset >= 0 and kind in _OFFSET_KINDS:
             args["offset"] = offset
         if ret < 0:
             args["error"] = errno.errorcode.get(-ret, str(-ret))
-        out.append(Span(IO, IO_KINDS.get(kind, f"io{kind}"), pid, tid, start, end, args))
+        out.append(Span(IO, IO_KINDS.get(kind) or f"io{kind}", pid, tid, start, end, args))

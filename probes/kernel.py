@@ -222,6 +222,8 @@ class KernelProbes(Source):
         that gave it its fds, nor a pipe() after that fork."""
         batch: list = []
         hooked = type(self).record is not KernelProbes.record
+        at = _u64.unpack_from
+        got: list[tuple[Probe, list[bytes]]] = []
         for probe, reader in self._rings:
             recs: list[bytes] = []
             n = reader.read(recs)
@@ -230,7 +232,16 @@ class KernelProbes(Source):
             self._events[probe.name] += n
             if hooked:
                 recs = [r for r in (self.record(probe, r, len(r)) for r in recs) if r is not None]
-            at = _u64.unpack_from
+            got.append((probe, recs))
+        if len(got) == 1 and got[0][0].raw_bytes:   # one ring (the usual poll): no tuple per record
+            probe, recs = got[0]
+            off = probe.order_offset
+            keys = [at(r, off)[0] for r in recs]
+            if keys != sorted(keys):   # stable, as below; a ring is nearly in order already
+                recs = [recs[i] for i in sorted(range(len(recs)), key=keys.__getitem__)]
+            self._decode(probe, recs)
+            return
+        for probe, recs in got:
             off = probe.order_offset
             batch += [(at(r, off)[0], probe, r) for r in recs]
         if not batch:
@@ -241,8 +252,23 @@ class KernelProbes(Source):
             try:
                 probe.decode(rec if probe.raw_bytes else ct.c_char_p(rec), len(rec), out)
             except Exception as e:  # a bad record must not end the capture
-                self._decode_errors[probe.name] += 1
-                out.append(Loss(probe.name, time.monotonic_ns(), 1, f"decode: {e}"))
+                self._decode_error(probe, e)
+
+    def _decode(self, probe: Probe, recs: list[bytes]) -> None:
+        """One raw-bytes probe's records, in order; a bad one is a loss and
+        the rest are still decoded."""
+        decode, out, it = probe.decode, self._out, iter(recs)
+        while True:
+            try:
+                for rec in it:
+                    decode(rec, len(rec), out)
+                return
+            except Exception as e:  # a bad record must not end the capture
+                self._decode_error(probe, e)
+
+    def _decode_error(self, probe: Probe, e: Exception) -> None:
+        self._decode_errors[probe.name] += 1
+        self._out.append(Loss(probe.name, time.monotonic_ns(), 1, f"decode: {e}"))
 
     # -- PIDs across the BPF boundary: overridden where they differ (a PID namespace)
     def record(self, probe: Probe, data: bytes, size: int) -> bytes | None:
