@@ -20,7 +20,9 @@ from __future__ import annotations
 import ctypes as ct
 import os
 import struct
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -214,6 +216,33 @@ def available() -> str | None:
     if os.geteuid() != 0:
         return "not root"
     return None
+
+
+def load_in_background(layout: Layout, rate_hz: int, stop: threading.Event,
+                       loaded: Callable[[KernelWalks], None], notice: Callable[[str], None]
+                       ) -> threading.Thread | None:
+    """Compile and attach in a thread of its own; loaded(walks) when it is live, or
+    notice(why not). None (and the notice) when it cannot be used here at all."""
+    why = available()
+    if why is not None:
+        notice(f"python sampler: running threads walked from outside ({why})")
+        return None
+
+    def load() -> None:
+        try:
+            kw = KernelWalks(OnCpuSampler(layout, rate_hz))
+        except Exception as e:  # BCC or perf events unavailable: the outside walk stays
+            notice(f"python sampler: running threads walked from outside "
+                   f"(kernel walker not loaded: {str(e).splitlines()[0][:120]})")
+            return
+        if stop.is_set():
+            kw.close()
+        else:
+            loaded(kw)
+
+    t = threading.Thread(target=load, name="gpuscope-pyperf-load", daemon=True)
+    t.start()
+    return t
 
 
 class KernelWalks:

@@ -25,11 +25,12 @@ import time
 from collections.abc import Callable
 from typing import cast
 
+from . import procfs
 from .events import Frame
 from .procmem import ProcessGone, ProcessMemory, ReadError
 from .pycode import CodeCache, Torn
 from .pyframes import FrameReader, ThreadStack
-from .pyruntime import Runtime
+from .pyruntime import NotPython, Runtime, UnsupportedVersion, find_runtime
 from .pytids import TidMap
 
 MAX_THREADS = 4096
@@ -270,3 +271,28 @@ class Walker(FrameReader):
             stack.state = st
             out.append(stack)
         return out
+
+
+# ---- one-shot helpers (doctor, tests) ------------------------------------------------
+
+
+def dump(pid: int) -> dict[int, list[Frame]]:
+    """One snapshot of every live thread's stack, innermost frame last.
+    Raises NotPython, UnsupportedVersion, or OSError."""
+    walker = Walker(find_runtime(pid))
+    tids = set(procfs.threads(pid))
+    if not tids:
+        raise ProcessLookupError(f"process {pid} is gone")
+    stacks, _ = walker.sample()
+    return {s.tid: list(s.frames) for s in stacks if s.frames is not None and s.tid in tids}
+
+
+def python_version(pid: int) -> str | None:
+    """The target's CPython version ("3.12.1"; "3.10" when the micro is unknown),
+    also for unsupported versions; None when it is not a CPython process."""
+    try:
+        return find_runtime(pid).version_str
+    except UnsupportedVersion as e:
+        return getattr(e, "version", None)
+    except (NotPython, OSError):
+        return None

@@ -27,10 +27,10 @@ from collections.abc import Iterable
 from functools import partial
 
 from . import procfs, pyperf
-from .events import CounterSample, Event, Frame, Loss, StackSample
+from .events import CounterSample, Event, Loss, StackSample
 from .procmem import NoPermission, ProcessGone, ProcessMemory, ReadError
 from .pyruntime import NotPython, Runtime, UnsupportedVersion, find_runtime, runtime_for_child
-from .pystack import Walker
+from .pystack import Walker, dump, python_version
 from .source import Source, SourceError, SourceStats
 from .threadstates import ThreadStates
 
@@ -89,29 +89,16 @@ class PythonSampler(Source):
         self._start_kernel_walks()
 
     def _start_kernel_walks(self) -> None:
-        """Compile the in-kernel walker (seconds) beside the running sampler; until it
-        is loaded, or where it cannot be, running threads are walked from outside."""
-        why = pyperf.available()
+        """Load the in-kernel walker beside the running sampler (its compile takes
+        seconds); until then, or where it cannot be, running threads are walked
+        from outside, and a notice says why."""
         walkers = self._snapshot()
-        if why is not None or not walkers:
-            if why is not None and walkers:
-                self._notice(f"python sampler: running threads walked from outside ({why})")
-            return
+        if walkers:
+            self._kernel_thread = pyperf.load_in_background(
+                walkers[0].L, int(self.current_hz), self._stop, self._kernel_loaded, self._notice)
 
-        def load() -> None:
-            try:
-                kw = pyperf.KernelWalks(pyperf.OnCpuSampler(walkers[0].L, int(self.current_hz)))
-            except Exception as e:  # BCC or perf events unavailable: the outside walk stays
-                self._notice(f"python sampler: running threads walked from outside "
-                             f"(kernel walker not loaded: {str(e).splitlines()[0][:120]})")
-                return
-            if self._stop.is_set():
-                kw.close()
-            else:
-                self._kernel = kw
-
-        self._kernel_thread = threading.Thread(target=load, name="gpuscope-pyperf-load", daemon=True)
-        self._kernel_thread.start()
+    def _kernel_loaded(self, kw: pyperf.KernelWalks) -> None:
+        self._kernel = kw
 
     def add_process(self, pid: int) -> None:
         """A new process (fork, or exec of an existing pid): resolve it, reusing the
@@ -394,31 +381,6 @@ class PythonSampler(Source):
                 self._walkers.pop(pid, None)
             if self._attach(pid) != "ok":
                 self._notice(f"python sampler: pid {pid} became unreadable; no longer sampled")
-
-
-# ---- one-shot helpers (doctor, tests) ------------------------------------------------
-
-
-def dump(pid: int) -> dict[int, list[Frame]]:
-    """One snapshot of every live thread's stack, innermost frame last.
-    Raises NotPython, UnsupportedVersion, or OSError."""
-    walker = Walker(find_runtime(pid))
-    tids = set(procfs.threads(pid))
-    if not tids:
-        raise ProcessLookupError(f"process {pid} is gone")
-    stacks, _ = walker.sample()
-    return {s.tid: list(s.frames) for s in stacks if s.frames is not None and s.tid in tids}
-
-
-def python_version(pid: int) -> str | None:
-    """The target's CPython version ("3.12.1"; "3.10" when the micro is unknown),
-    also for unsupported versions; None when it is not a CPython process."""
-    try:
-        return find_runtime(pid).version_str
-    except UnsupportedVersion as e:
-        return getattr(e, "version", None)
-    except (NotPython, OSError):
-        return None
 
 
 __all__ = ["PythonSampler", "ThreadStates", "dump", "python_version"]
