@@ -224,7 +224,7 @@ def measure(pod: Pod, warmup: float, window: float, profile: str | None = None) 
             "flight_events": m1.get(("gpuscope_flight_recorder_events", ()), 0.0),
             "flight_mb": m1.get(("gpuscope_flight_recorder_bytes", ()), 0.0) / 1e6,
             "flight_window_s": m1.get(("gpuscope_flight_recorder_window_seconds", ()), 0.0),
-            "flight_dropped": total(m1, "gpuscope_flight_recorder_evicted_total"),
+            "flight_dropped": total(m1, "gpuscope_flight_recorder_dropped_total"),
             "level": m1.get(("gpuscope_detail_level", ()), 0.0)}
 
 

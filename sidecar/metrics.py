@@ -78,7 +78,11 @@ HELP = {
     "gpuscope_probe_events_lost_total": ("counter", "Events each probe could not deliver"),
     "gpuscope_events_total": ("counter", "Events seen by the always-on monitor"),
     "gpuscope_flight_recorder_events": ("gauge", "Events kept by the flight recorder"),
-    "gpuscope_flight_recorder_bytes": ("gauge", "Estimated memory held by the flight recorder"),
+    "gpuscope_flight_recorder_bytes": ("gauge", "Memory held by the flight recorder (encoded "
+                                       "batches)"),
+    "gpuscope_flight_recorder_dropped_total": ("counter", "Events the flight recorder dropped "
+                                               "before they left its window (--flight-max-events"
+                                               ", --flight-max-mb)"),
     "gpuscope_flight_recorder_window_seconds": ("gauge", "Time span the flight recorder holds"),
     "gpuscope_captures_total": ("counter", "Captures finished, by state"),
     "gpuscope_capture_running": ("gauge", "1 while a capture is being written"),

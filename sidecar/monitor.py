@@ -21,6 +21,7 @@ from gpuscope.probes.events import Event, Instant, ThreadName
 from gpuscope.probes.source import Source, SourceError, SourceStats
 
 from .flightrec import FlightRecorder
+from .memtrim import release_compiler_memory
 from .metrics import Metrics
 
 CHECK_EVERY_S = 0.5
@@ -149,13 +150,15 @@ class Monitor:
             self.error = f"attaching to PID {pid} failed: {type(e).__name__}: {e}"
             self.log(self.error)
             return False
+        freed = release_compiler_memory()   # BCC's compiler is done until the next attach
         self.command, self.error, self._exited = procfs.cmdline(pid), None, False
         self._wake.clear()
         if self._stop.is_set():
             self._wake.set()
         self.attached_at = time.time()
         self.log(f"attached to PID {pid} ({' '.join(self.command)[:120]}), "
-                 f"{len(self.pipeline.processes)} process(es), in {time.monotonic() - t0:.1f}s")
+                 f"{len(self.pipeline.processes)} process(es), in {time.monotonic() - t0:.1f}s; "
+                 f"{freed >> 10} MB of compiler memory released")
         self._publish()
         self.attached.set()
         return True
@@ -226,6 +229,7 @@ class Monitor:
         f = self.flight
         m.set("gpuscope_flight_recorder_events", f.events)
         m.set("gpuscope_flight_recorder_bytes", f.bytes)
+        m.set("gpuscope_flight_recorder_dropped_total", f.dropped)
         oldest = f.oldest_ns()
         m.set("gpuscope_flight_recorder_window_seconds",
               0.0 if oldest is None else max(0.0, (time.monotonic_ns() - oldest) / 1e9))

@@ -94,6 +94,44 @@ def test_flight_recorder_keeps_a_bounded_recent_window():
     assert fr.bytes <= 20_000 and fr.snapshot(100 * s)[-1].ts == 99 * s + 9
 
 
+def test_flight_recorder_gives_back_the_events_it_was_fed():
+    """Batches are held encoded; a snapshot decodes them to equal events, every type."""
+    from gpuscope.probes.events import Frame, Instant, Loss, StackSample, ThreadName
+
+    frames = (Frame("main", "/app/train.py", 10), Frame("__next__", "/t/dataloader.py", 7))
+    batch = [ThreadName(10, 11, 1, "worker", False),
+             span(2, 4096),
+             Instant("proc", "fork", 10, 11, 3, {"child": 12}),
+             StackSample(10, 11, 4, "running", True, frames),
+             StackSample(10, 11, 5, "idle", False, frames),
+             CounterSample("GPU0 utilization", "%", 6, 87.5),
+             Loss("io", 7, 3, "ring buffer full"),
+             Span("cuda", "cudaMemcpy", 10, 11, 8, 9, {"kind": "HtoD", "bytes": 1 << 40,
+                                                       "ok": True, "ratio": 0.5})]
+    fr = FlightRecorder(seconds=60)
+    fr.add(batch[:4], now_ns=10)
+    fr.add(batch[4:], now_ns=10)
+    got = fr.snapshot(now_ns=10)
+    assert got == batch
+    assert got[3].frames[0] is got[4].frames[0]     # frames shared again, as the sampler does
+    odd = [Instant("gpuscope", "x", 0, 0, 11, {"set": {1, 2}, "obj": Frame("f", "g", 1)})]
+    fr.add(odd, now_ns=11)                          # not marshal's: pickled instead
+    assert fr.snapshot(now_ns=11)[-1] == odd[0]
+    assert fr.bytes < 2000 and fr.dropped == 0
+
+
+def test_flight_recorder_counts_what_its_bounds_drop():
+    s = 1_000_000_000
+    fr = FlightRecorder(seconds=5, max_events=10**6, max_bytes=1 << 30)
+    for i in range(10):                        # one 10-event batch a second
+        fr.add([span(i * s + j) for j in range(10)], now_ns=i * s)
+    assert fr.evicted == 40 and fr.dropped == 0   # aged out of the window: not a drop
+    fr = FlightRecorder(seconds=5, max_events=30, max_bytes=1 << 30)
+    for i in range(10):
+        fr.add([span(i * s + j) for j in range(10)], now_ns=i * s)
+    assert fr.events == 30 and fr.evicted == 70 and fr.dropped == 70
+
+
 def test_metrics_text_format_parses():
     m = Metrics()
     m.observe([span(1, 4096), span(2, 100),
