@@ -16,6 +16,7 @@ time-ordered list of events, ready to be written before a capture's live ones.""
 
 from __future__ import annotations
 
+import bisect
 import marshal
 import operator
 import pickle
@@ -23,6 +24,7 @@ import threading
 import time
 import zlib
 from collections import deque
+from collections.abc import Iterator
 
 from gpuscope.probes.events import (
     CounterSample,
@@ -153,13 +155,31 @@ class FlightRecorder:
                 return None
             return min(e[0] for e in list(self._batches)[:4])
 
-    def snapshot(self, now_ns: int) -> list[Event]:
-        """Every kept event of the window, oldest first."""
+    def chunks(self, now_ns: int) -> Iterator[list[Event]]:
+        """Every kept event of the window, oldest first, a batch or so at a time: only
+        the batches whose times overlap are decoded together, so a capture replaying
+        the window holds about one batch of event objects, not the whole window."""
         with self._lock:
             self._trim(now_ns)
-            blobs = [e[3] for e in self._batches]
+            kept = list(self._batches)
         horizon = now_ns - self.window_ns
+        later = [0] * len(kept)          # the oldest event of every later batch
+        low = None
+        for i in range(len(kept) - 1, -1, -1):
+            later[i] = low
+            low = kept[i][0] if low is None else min(low, kept[i][0])
         frames: dict[tuple, Frame] = {}
-        out = [ev for blob in blobs for ev in decode(blob, frames) if ev.ts >= horizon]
-        out.sort(key=_ts)
-        return out
+        pending: list[Event] = []
+        for (_, _, _, blob), limit in zip(kept, later, strict=True):
+            pending += [ev for ev in decode(blob, frames) if ev.ts >= horizon]
+            pending.sort(key=_ts)
+            cut = len(pending) if limit is None else bisect.bisect_left(pending, limit, key=_ts)
+            if cut:
+                yield pending[:cut]
+                pending = pending[cut:]
+        if pending:
+            yield pending
+
+    def snapshot(self, now_ns: int) -> list[Event]:
+        """Every kept event of the window, oldest first."""
+        return [ev for chunk in self.chunks(now_ns) for ev in chunk]

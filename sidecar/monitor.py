@@ -11,6 +11,7 @@ statistics carry over.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -50,6 +51,9 @@ class Names:
     def as_of(self, ts: int) -> list[ThreadName]:
         return [ThreadName(n.pid, n.tid, ts, n.name, n.is_process)
                 for n in sorted(self.names.values(), key=lambda n: (not n.is_process, n.tid))]
+
+    def pids(self) -> set[int]:
+        return {n.pid for n in self.names.values()}
 
     def close(self) -> None:
         self.names.clear()
@@ -183,17 +187,24 @@ class Monitor:
         start: dict = {}
 
         def prelude() -> list[Event]:
+            # Fed here a batch at a time (the window decodes chunk by chunk), names first.
             p = self.pipeline
             now = time.monotonic_ns()
-            history = self.flight.snapshot(now) if with_flight else []
-            first = history[0].ts if history else now
-            names = self.names.as_of(first - 1)
-            forks = {ev.args["child"] for ev in history
-                     if type(ev) is Instant and ev.cat == "proc" and ev.name == "fork"}
-            start.update(replayed=sum(1 for ev in history if type(ev) is not ThreadName),
-                         processes=set(p.live) | {n.pid for n in names} | forks,
+            chunks = self.flight.chunks(now) if with_flight else iter(())
+            head = next(chunks, [])
+            c.feed(self.names.as_of((head[0].ts if head else now) - 1))
+            replayed, forks = 0, set()
+            for chunk in itertools.chain([head], chunks):
+                if not chunk:
+                    continue
+                replayed += sum(1 for ev in chunk if type(ev) is not ThreadName)
+                forks.update(ev.args["child"] for ev in chunk if type(ev) is Instant
+                             and ev.cat == "proc" and ev.name == "fork")
+                c.feed(chunk)
+            start.update(replayed=replayed,
+                         processes=set(p.live) | set(self.names.pids()) | forks,
                          seen=set(p.processes), generation=p.generation)
-            return names + history
+            return []
 
         self.pipeline.add_consumer(c, prelude)
         return start

@@ -120,6 +120,24 @@ def test_flight_recorder_gives_back_the_events_it_was_fed():
     assert fr.bytes < 2000 and fr.dropped == 0
 
 
+def test_flight_recorder_replays_in_order_a_batch_at_a_time():
+    """Batches overlap when a source delivers late; the chunks stay in time order,
+    and batches that do not overlap are decoded one at a time."""
+    fr = FlightRecorder(seconds=3600)
+    for i in range(10):
+        fr.add([span(i * 100 + j) for j in range(0, 100, 10)], now_ns=10_000)
+    fr.add([span(5), span(1005)], now_ns=10_000)       # late: overlaps everything
+    fr.add([span(2000 + j) for j in range(10)], now_ns=10_000)
+    chunks = list(fr.chunks(10_000))
+    flat = [e.ts for c in chunks for e in c]
+    assert flat == sorted(flat) and len(flat) == 112
+    assert [e.ts for e in chunks[-1]] == list(range(2000, 2010))
+    fr = FlightRecorder(seconds=3600)
+    for i in range(10):
+        fr.add([span(i * 100 + j) for j in range(0, 100, 10)], now_ns=10_000)
+    assert [len(c) for c in fr.chunks(10_000)] == [10] * 10
+
+
 def test_flight_recorder_counts_what_its_bounds_drop():
     s = 1_000_000_000
     fr = FlightRecorder(seconds=5, max_events=10**6, max_bytes=1 << 30)
