@@ -1,13 +1,15 @@
 """The flight recorder: the last N seconds of detailed events, in bounded memory.
 
 A consumer of the pipeline: each batch (time-ordered, after the merge) is kept
-encoded, as one zlib-compressed marshal blob of plain tuples, not as event
-objects. Measured on bench_sidecar's stream: about 12 bytes per event held
-instead of about 550 (objects, argument dicts, strings), and nothing for
-Python's garbage collector to walk (a 60 s window at 5k events/s was a million
-tracked objects, traversed by every full collection). Encoding costs about 1 µs
-per event; a snapshot decodes back to events exactly (about 1.2 µs per event),
-which only a capture does.
+encoded, as one marshal blob of plain tuples (a type tag per event, the spans'
+fields as rows of their own), not as event objects. Measured on
+bench_sidecar's stream: about 110 bytes per event held instead of about 550
+(objects, argument dicts, strings), and nothing for Python's garbage collector
+to walk (a 60 s window at 5k events/s was a million tracked objects, traversed
+by every full collection). Encoding is C loops but for the rare non-span event
+(map/compress to tuples, then marshal); a snapshot decodes back to equal events,
+which only a capture does. zlib would cut the bytes ten-fold but doubled the
+encoding's CPU, the scarcer of the two here.
 
 The oldest batches go when the window is older than `seconds`, or the events
 exceed `max_events`, or the bytes held exceed `max_bytes`; what the bounds drop
@@ -22,9 +24,9 @@ import operator
 import pickle
 import threading
 import time
-import zlib
 from collections import deque
 from collections.abc import Iterator
+from itertools import compress, repeat, starmap
 
 from gpuscope.probes.events import (
     CounterSample,
@@ -37,67 +39,67 @@ from gpuscope.probes.events import (
     ThreadName,
 )
 
-LEVEL = 1          # zlib: level 1 already gives ~10x on these batches, at a third of the cost
 BLOB_OVERHEAD = 120  # a bytes object and its deque entry
 
 _ts = operator.attrgetter("ts")
 _SPAN = operator.attrgetter("cat", "name", "pid", "tid", "start", "end", "args")
-_INSTANT = operator.attrgetter("cat", "name", "pid", "tid", "ts", "args")
-_COUNTER = operator.attrgetter("track", "unit", "ts", "value", "pid")
-_NAME = operator.attrgetter("pid", "tid", "ts", "name", "is_process")
-_LOSS = operator.attrgetter("source", "ts", "count", "reason")
+_GETTERS = {Instant: operator.attrgetter("cat", "name", "pid", "tid", "ts", "args"),
+            CounterSample: operator.attrgetter("track", "unit", "ts", "value", "pid"),
+            ThreadName: operator.attrgetter("pid", "tid", "ts", "name", "is_process"),
+            Loss: operator.attrgetter("source", "ts", "count", "reason")}
 _FRAME = operator.attrgetter("function", "file", "line")
-# Row tags: a row is (tag, *fields); StackSample frames become (function, file, line).
-_TAGS = {Span: 0, Instant: 1, CounterSample: 2, StackSample: 3, ThreadName: 4, Loss: 5}
+# One tag byte per event says its type; spans (most events) are rows of their own, so
+# that the whole batch is turned into tuples by C loops (map, compress), not Python.
 _CLASSES = (Span, Instant, CounterSample, StackSample, ThreadName, Loss)
+_TAGS = {cls: i for i, cls in enumerate(_CLASSES)}
 
 
 def encode(batch: list[Event]) -> bytes:
     """One batch as bytes: marshal (C, exact for str/int/float/bool/dict/tuple), or
-    pickle if some argument is of another type; then zlib."""
-    rows: list[tuple] = []
-    add = rows.append
-    for ev in batch:
-        t = type(ev)
-        if t is Span:
-            add((0, *_SPAN(ev)))
-        elif t is StackSample:
-            add((3, ev.pid, ev.tid, ev.ts, ev.state, ev.gil, tuple(map(_FRAME, ev.frames))))
-        elif t is Instant:
-            add((1, *_INSTANT(ev)))
-        elif t is CounterSample:
-            add((2, *_COUNTER(ev)))
-        elif t is ThreadName:
-            add((4, *_NAME(ev)))
-        elif t is Loss:
-            add((5, *_LOSS(ev)))
+    pickle if some argument is of another type."""
+    types = list(map(type, batch))
+    tags = bytes(map(_TAGS.__getitem__, types))
+    spans = list(map(_SPAN, compress(batch, map(operator.is_, types, repeat(Span)))))
+    others: list[tuple] = []
+    if len(spans) < len(batch):
+        for ev in compress(batch, map(operator.is_not, types, repeat(Span))):
+            if type(ev) is StackSample:
+                others.append((ev.pid, ev.tid, ev.ts, ev.state, ev.gil,
+                               tuple(map(_FRAME, ev.frames))))
+            else:
+                others.append(_GETTERS[type(ev)](ev))
+    doc = (tags, spans, others)
     try:
-        return b"m" + zlib.compress(marshal.dumps(rows), LEVEL)
+        return b"m" + marshal.dumps(doc)
     except ValueError:   # an argument marshal cannot write
-        return b"p" + zlib.compress(pickle.dumps(rows, pickle.HIGHEST_PROTOCOL), LEVEL)
+        return b"p" + pickle.dumps(doc, pickle.HIGHEST_PROTOCOL)
 
 
 def decode(blob: bytes, frames: dict[tuple, Frame] | None = None) -> list[Event]:
     """The events of one blob; `frames` shares Frame objects across blobs."""
-    raw = zlib.decompress(memoryview(blob)[1:])
-    rows = marshal.loads(raw) if blob[:1] == b"m" else pickle.loads(raw)
+    raw = memoryview(blob)[1:]
+    tags, spans, others = marshal.loads(raw) if blob[:1] == b"m" else pickle.loads(raw)
     frames = {} if frames is None else frames
+    if not others:
+        return list(starmap(Span, spans))
     out: list[Event] = []
     add = out.append
-    for r in rows:
-        tag = r[0]
+    next_span, next_other = iter(spans).__next__, iter(others).__next__
+    for tag in tags:
         if tag == 0:
-            add(Span(*r[1:]))
-        elif tag == 3:
+            add(Span(*next_span()))
+            continue
+        r = next_other()
+        if tag == 3:
             fs = []
-            for f in r[6]:
+            for f in r[5]:
                 fr = frames.get(f)
                 if fr is None:
                     fr = frames[f] = Frame(*f)
                 fs.append(fr)
-            add(StackSample(r[1], r[2], r[3], r[4], r[5], tuple(fs)))
+            add(StackSample(r[0], r[1], r[2], r[3], r[4], tuple(fs)))
         else:
-            add(_CLASSES[tag](*r[1:]))
+            add(_CLASSES[tag](*r))
     return out
 
 
