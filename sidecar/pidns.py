@@ -44,6 +44,10 @@ INIT_PIDNS_INO = 0xEFFFFFFC   # PROC_PID_INIT_INO: the initial PID namespace
 DEFAULT_HOST_PROC = "/host/proc"
 CACHE_MAX = 65536
 NEGATIVE_TTL_S = 2.0          # "not in our namespace" answers are re-checked after this
+# ... for a waker only (a field a record is kept without): wakers outside the pod are
+# many on a busy node, each re-read from /host/proc every NEGATIVE_TTL_S cost ~0.5% of a
+# core in bench_sidecar; a pod task behind a recently seen outside id shows as waker 0.
+WAKER_NEGATIVE_TTL_S = 30.0
 
 # Record fields holding a PID or TID; required ones make the record useless untranslated.
 ID_FIELDS = {"pid": True, "tid": True, "ppid": True, "waker_pid": False, "waker_tid": False}
@@ -118,12 +122,12 @@ class PidNamespace:
         self._negative.pop(kid, None)
         self._ns_negative.pop(nid, None)
 
-    def to_ns(self, kid: int) -> int | None:
+    def to_ns(self, kid: int, negative_ttl_s: float = NEGATIVE_TTL_S) -> int | None:
         nid = self._to_ns.get(kid)
         if nid is not None:
             return nid
         t = self._negative.get(kid)
-        if t is not None and time.monotonic() - t < NEGATIVE_TTL_S:
+        if t is not None and time.monotonic() - t < negative_ttl_s:
             return None
         nid = self._read(kid)
         if nid is None:
@@ -233,7 +237,7 @@ class NamespacedKernelProbes(KernelProbes):
             if kid:
                 nid = known.get(kid)
                 if nid is None:
-                    nid = to_ns(kid)
+                    nid = to_ns(kid, NEGATIVE_TTL_S if req else WAKER_NEGATIVE_TTL_S)
                     if nid is None:
                         if req:
                             self._untranslated += 1
