@@ -47,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flight-max-events", type=int, default=500_000,
                    help="flight recorder bound, events (default 500000)")
     p.add_argument("--flight-max-mb", type=int, default=256,
-                   help="flight recorder bound, estimated MiB (default 256)")
+                   help="flight recorder bound, MiB of encoded events (default 256)")
     p.add_argument("--max-duration", type=float, default=3600.0,
                    help="longest capture accepted, seconds (default 3600)")
     p.add_argument("--host-proc", metavar="DIR", help="the host's procfs, to translate kernel "

@@ -4,9 +4,9 @@ Named in the Prometheus / dcgm-exporter style: a `gpuscope_` prefix, base
 units in the name (`_bytes`, `_seconds`, `_ratio`), `_total` for counters.
 Rates (IO bytes/s, launches/s) are `rate()` of the counters, as Prometheus
 intends; the verdict's figures (data-wait share, median step time, phase
-shares, stall cause) come from the stall analysis of the flight recorder's
-window (every --analyze-every s) or of the last capture (the verdict in its
-summary.json), with its timestamp.
+shares, stall cause) come from the always-on stall analysis (analysis.py:
+fed as events pass, published every --analyze-every s) or from the last
+capture (the verdict in its summary.json), with its timestamp.
 
 The values live in one dict (cheap to update per batch); a Collector on a
 registry of our own (not prometheus_client's global one, which would add
