@@ -121,17 +121,19 @@ def find_pid(needle: str, timeout: float = 30) -> int:
 class Pod:
     """The trainer and the sidecar in a PID namespace of their own."""
 
-    def __init__(self, d: str, rate: int, flags: list[str]):
+    def __init__(self, d: str, rate: int, flags: list[str], code: str | None = None):
         self.port = free_port()
         data = os.path.join(d, "data.bin")
-        with open(data, "wb") as f:
-            f.write(os.urandom(8 << 20))
+        if not os.path.exists(data):
+            with open(data, "wb") as f:
+                f.write(os.urandom(8 << 20))
         trainer = os.path.join(d, "trainer_bench_sidecar.py")
         Path(trainer).write_text(TRAINER)
         hostproc = os.path.join(d, "hostproc")
-        os.mkdir(hostproc)
+        os.makedirs(hostproc, exist_ok=True)
         self.captures = os.path.join(d, "captures")
-        sidecar = (f"{PY} -m gpuscope.collector.cli sidecar --no-auth "
+        env = f"PYTHONPATH={code} " if code else ""
+        sidecar = (f"{env}{PY} -m gpuscope.collector.cli sidecar --no-auth "
                    f"--listen 127.0.0.1:{self.port} --captures {self.captures} "
                    f"--host-proc {hostproc} --match trainer_bench_sidecar --no-nvml "
                    + " ".join(flags))
@@ -253,36 +255,25 @@ def capture(pod: Pod) -> dict:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true",
-                    help="10 s flight window, 5 s warm-up, 20 s window (~1 min)")
-    ap.add_argument("--rate", type=int, default=5000, help="target's data-file reads/s")
-    ap.add_argument("--warmup", type=float, help="seconds after attach before measuring "
-                    "(default 15, quick 5)")
-    ap.add_argument("--window", type=float, help="seconds measured (default 75: longer "
-                    "than the flight window, quick 20)")
-    ap.add_argument("--py-spy", metavar="FILE", help="also record where the sidecar's CPU "
-                    "goes over the measured window (py-spy, collapsed stacks) into FILE")
-    ap.add_argument("sidecar_flags", nargs="*", help="extra `gpuscope sidecar` flags (after --)")
-    a = ap.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("bench_sidecar: needs root (BPF, namespaces)")
-    warmup = a.warmup if a.warmup is not None else (5.0 if a.quick else 15.0)
-    window = a.window or (20.0 if a.quick else 75.0)
-    flags = (["--flight-seconds", "10"] if a.quick else []) + a.sidecar_flags
-    print(f"bench_sidecar: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f} before start; "
-          f"target {a.rate} data-file reads/s + pipe IPC, sidecar {' '.join(flags) or 'defaults'}"
-          f" (flight window {'10' if a.quick else '60'} s), {warmup:g} s warm-up, "
-          f"{window:g} s measured")
-    with tempfile.TemporaryDirectory(prefix="bench-sidecar-") as d:
-        pod = Pod(d, a.rate, flags)
-        try:
-            r = measure(pod, warmup, window, a.py_spy)
-            cap = capture(pod)
-        finally:
-            pod.close()
-    print(f"attached in {r['attach_s']:.1f} s; measured {r['window_s']:.0f} s; "
+def checkout(rev: str, d: str) -> str:
+    """gpuscope as of git revision `rev`, importable from the returned directory
+    (PYTHONPATH, ahead of the installed tree; the namespace package's layout of
+    pyproject.toml's package-dir rebuilt with links)."""
+    root = Path(__file__).resolve().parent.parent
+    src = os.path.join(d, "src")
+    os.makedirs(src)
+    archive = subprocess.run(["git", "-C", str(root), "archive", rev], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", src], input=archive, check=True)
+    pkg = os.path.join(d, "path", "gpuscope")
+    os.makedirs(pkg)
+    for sub in ("probes", "collector", "viewer", "sidecar"):
+        os.symlink(os.path.join(src, sub), os.path.join(pkg, sub))
+    return os.path.dirname(pkg)
+
+
+def report(label: str, r: dict, cap: dict) -> None:
+    print(f"-- {label}: attached in {r['attach_s']:.1f} s; measured {r['window_s']:.0f} s; "
           f"load {os.getloadavg()[0]:.1f} after")
     print(f"events in          {r['events_per_s']:9.0f} /s   lost {r['lost'] or 0}")
     print(f"sidecar CPU        {r['cpu_pct']:9.2f} % of one core   target <= {TARGET_CPU_PCT:g}%: "
@@ -299,6 +290,51 @@ def main() -> None:
               f"{cap['records']} records read back, {cap['before']} slices from before the request")
     else:
         print(f"capture {cap['state']}: {cap['error']}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="10 s flight window, 5 s warm-up, 20 s window (~1 min)")
+    ap.add_argument("--rate", type=int, default=5000, help="target's data-file reads/s")
+    ap.add_argument("--warmup", type=float, help="seconds after attach before measuring "
+                    "(default 15, quick 5)")
+    ap.add_argument("--window", type=float, help="seconds measured (default 75: longer "
+                    "than the flight window, quick 20)")
+    ap.add_argument("--py-spy", metavar="FILE", help="also record where the sidecar's CPU "
+                    "goes over the measured window (py-spy, collapsed stacks) into FILE")
+    ap.add_argument("--baseline", metavar="REV", help="first run the sidecar of git revision "
+                    "REV the same way (before/after in one run: twice as long)")
+    ap.add_argument("sidecar_flags", nargs="*", help="extra `gpuscope sidecar` flags (after --)")
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench_sidecar: needs root (BPF, namespaces)")
+    warmup = a.warmup if a.warmup is not None else (5.0 if a.quick else 15.0)
+    window = a.window or (20.0 if a.quick else 75.0)
+    flags = (["--flight-seconds", "10"] if a.quick else []) + a.sidecar_flags
+    print(f"bench_sidecar: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f} before start; "
+          f"target {a.rate} data-file reads/s + pipe IPC, sidecar {' '.join(flags) or 'defaults'}"
+          f" (flight window {'10' if a.quick else '60'} s), {warmup:g} s warm-up, "
+          f"{window:g} s measured")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-sidecar-") as d:
+        runs = [("this tree", None)]
+        if a.baseline:
+            runs = [(f"baseline {a.baseline}", checkout(a.baseline, d)), *runs]
+        for label, code in runs:
+            pod = Pod(d, a.rate, flags, code)
+            try:
+                r = measure(pod, warmup, window, a.py_spy if code is None else None)
+                cap = capture(pod)
+            finally:
+                pod.close()
+            results.append((label, r))
+            report(label, r, cap)
+    if len(results) == 2:
+        (_, b), (_, n) = results
+        print(f"== this tree / baseline, same run: CPU {n['cpu_pct'] / b['cpu_pct']:.2f}x, "
+              f"µs/event {n['us_per_event'] / b['us_per_event']:.2f}x, RSS steady "
+              f"{n['rss_steady'] / b['rss_steady']:.2f}x, peak {n['rss_peak'] / b['rss_peak']:.2f}x")
 
 
 if __name__ == "__main__":
