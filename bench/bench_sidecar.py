@@ -118,38 +118,12 @@ def find_pid(needle: str, timeout: float = 30) -> int:
     raise RuntimeError(f"no process running {needle!r}")
 
 
-class Pod:
-    """The trainer and the sidecar in a PID namespace of their own."""
+class Sidecar:
+    """One `gpuscope sidecar` of the pod: its API and its process (seen from outside)."""
 
-    def __init__(self, d: str, rate: int, flags: list[str], code: str | None = None):
-        self.port = free_port()
-        data = os.path.join(d, "data.bin")
-        if not os.path.exists(data):
-            with open(data, "wb") as f:
-                f.write(os.urandom(8 << 20))
-        trainer = os.path.join(d, "trainer_bench_sidecar.py")
-        Path(trainer).write_text(TRAINER)
-        hostproc = os.path.join(d, "hostproc")
-        os.makedirs(hostproc, exist_ok=True)
-        self.captures = os.path.join(d, "captures")
-        env = f"PYTHONPATH={code} " if code else ""
-        sidecar = (f"{env}{PY} -m gpuscope.collector.cli sidecar --no-auth "
-                   f"--listen 127.0.0.1:{self.port} --captures {self.captures} "
-                   f"--host-proc {hostproc} --match trainer_bench_sidecar --no-nvml "
-                   + " ".join(flags))
-        # In a script, so that no command line but the trainer's holds its name (--match);
-        # sh stays PID 1, the parent of both, as a pod's pause container is.
-        script = os.path.join(d, "pod.sh")
-        Path(script).write_text(f"(exec {PY} {trainer} {rate} {data} 2 >/dev/null) &\n"
-                                f"{sidecar}\n")
-        outer = (f"mount --bind /proc {hostproc} && "
-                 f"exec unshare --pid --fork --mount-proc sh {script}")
-        self.log = open(os.path.join(d, "sidecar.log"), "w+")
-        self.proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh",
-                                      "-c", outer], stdout=self.log, stderr=self.log,
-                                     start_new_session=True)
-        self.sidecar = find_pid(f"--listen 127.0.0.1:{self.port}")
-        self.trainer = find_pid(f"trainer_bench_sidecar.py {rate}")
+    def __init__(self, label: str, code: str | None):
+        self.label, self.code, self.port = label, code, free_port()
+        self.pid = 0
 
     def get(self, path: str, body: dict | None = None) -> bytes:
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}",
@@ -165,13 +139,49 @@ class Pod:
         return {(s.name, tuple(sorted(s.labels.items()))): s.value
                 for f in text_string_to_metric_families(text) for s in f.samples}
 
-    def wait_attached(self, timeout: float = 120) -> float:
+
+class Pod:
+    """The trainer and the sidecars in a PID namespace of their own; with two sidecars
+    (this tree and a baseline) both follow the same trainer at the same time, so the
+    machine's load, which changes by the minute here, is the same for both."""
+
+    def __init__(self, d: str, rate: int, flags: list[str], sidecars: list[Sidecar]):
+        self.sidecars = sidecars
+        data = os.path.join(d, "data.bin")
+        with open(data, "wb") as f:
+            f.write(os.urandom(8 << 20))
+        trainer = os.path.join(d, "trainer_bench_sidecar.py")
+        Path(trainer).write_text(TRAINER)
+        hostproc = os.path.join(d, "hostproc")
+        os.mkdir(hostproc)
+        lines = [f"(exec {PY} {trainer} {rate} {data} 2 >/dev/null) &"]
+        for i, sc in enumerate(sidecars):
+            env = f"PYTHONPATH={sc.code} " if sc.code else ""
+            lines.append(f"{env}{PY} -m gpuscope.collector.cli sidecar --no-auth "
+                         f"--listen 127.0.0.1:{sc.port} --captures {d}/captures-{i} "
+                         f"--host-proc {hostproc} --match trainer_bench_sidecar --no-nvml "
+                         + " ".join(flags) + " &")
+        # In a script, so that no command line but the trainer's holds its name (--match);
+        # sh stays PID 1, the parent of all, as a pod's pause container is.
+        script = os.path.join(d, "pod.sh")
+        Path(script).write_text("\n".join(lines) + "\nwait\n")
+        outer = (f"mount --bind /proc {hostproc} && "
+                 f"exec unshare --pid --fork --mount-proc sh {script}")
+        self.log = open(os.path.join(d, "sidecar.log"), "w+")
+        self.proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh",
+                                      "-c", outer], stdout=self.log, stderr=self.log,
+                                     start_new_session=True)
+        for sc in sidecars:
+            sc.pid = find_pid(f"--listen 127.0.0.1:{sc.port}")
+        self.trainer = find_pid(f"trainer_bench_sidecar.py {rate}")
+
+    def wait_attached(self, sc: Sidecar, timeout: float = 180) -> float:
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
             if self.proc.poll() is not None:
                 raise RuntimeError("sidecar exited:\n" + self.logs())
             try:
-                if json.loads(self.get("/healthz")).get("target_pid"):
+                if json.loads(sc.get("/healthz")).get("target_pid"):
                     return time.monotonic() - t0
             except (OSError, ValueError):
                 pass
@@ -196,54 +206,64 @@ def total(m: dict, name: str) -> float:
     return sum(v for (n, _), v in m.items() if n == name)
 
 
-def measure(pod: Pod, warmup: float, window: float, profile: str | None = None) -> dict:
-    attach_s = pod.wait_attached()
+def measure(pod: Pod, warmup: float, window: float, profile: str | None = None) -> list[dict]:
+    """Every sidecar of the pod over the same window."""
+    attach_s = [pod.wait_attached(sc) for sc in pod.sidecars]
     t_attached = time.monotonic()
     time.sleep(warmup)
     spy = None
     if profile:
         spy = subprocess.Popen([str(Path(PY).parent / "py-spy"), "record", "--pid",
-                                str(pod.sidecar), "--nonblocking", "--threads", "--format", "raw",
-                                "--duration", str(int(window)), "--output", profile],
+                                str(pod.sidecars[-1].pid), "--nonblocking", "--threads",
+                                "--format", "raw", "--duration", str(int(window)),
+                                "--output", profile],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    m0, c0, t0 = pod.metrics(), cpu_s(pod.sidecar), time.monotonic()
-    rss: list[tuple[float, float]] = []
+    m0 = [sc.metrics() for sc in pod.sidecars]
+    c0, t0 = [cpu_s(sc.pid) for sc in pod.sidecars], time.monotonic()
+    rss: list[list[tuple[float, float]]] = [[] for _ in pod.sidecars]
     while time.monotonic() - t0 < window:
         time.sleep(1.0)
-        rss.append((time.monotonic() - t_attached, rss_mb(pod.sidecar)[0]))
-    c1, t1, m1 = cpu_s(pod.sidecar), time.monotonic(), pod.metrics()
+        for i, sc in enumerate(pod.sidecars):
+            rss[i].append((time.monotonic() - t_attached, rss_mb(sc.pid)[0]))
+    c1, t1 = [cpu_s(sc.pid) for sc in pod.sidecars], time.monotonic()
+    m1 = [sc.metrics() for sc in pod.sidecars]
     if spy is not None:
         spy.wait()
     dt = t1 - t0
-    events = total(m1, "gpuscope_events_total") - total(m0, "gpuscope_events_total")
-    lost = {probe: v - m0.get((n, lab), 0.0) for (n, lab), v in m1.items()
-            if n == "gpuscope_probe_events_lost_total" for probe in [dict(lab)["probe"]]}
-    full = [r for t, r in rss if t >= 60] or [r for _, r in rss[len(rss) // 2:]]
-    return {"attach_s": attach_s, "cpu_pct": 100 * (c1 - c0) / dt, "events_per_s": events / dt,
-            "us_per_event": 1e6 * (c1 - c0) / max(1.0, events),
-            "rss_steady": statistics.median(full), "rss_peak": rss_mb(pod.sidecar)[1],
+    out = []
+    for i, sc in enumerate(pod.sidecars):
+        a, b, cpu = m0[i], m1[i], c1[i] - c0[i]
+        events = total(b, "gpuscope_events_total") - total(a, "gpuscope_events_total")
+        lost = {probe: v - a.get((n, lab), 0.0) for (n, lab), v in b.items()
+                if n == "gpuscope_probe_events_lost_total" for probe in [dict(lab)["probe"]]}
+        full = [r for t, r in rss[i] if t >= 60] or [r for _, r in rss[i][len(rss[i]) // 2:]]
+        out.append({
+            "attach_s": attach_s[i], "cpu_pct": 100 * cpu / dt, "events_per_s": events / dt,
+            "us_per_event": 1e6 * cpu / max(1.0, events),
+            "rss_steady": statistics.median(full), "rss_peak": rss_mb(sc.pid)[1],
             "lost": {k: v for k, v in lost.items() if v}, "window_s": dt,
-            "flight_events": m1.get(("gpuscope_flight_recorder_events", ()), 0.0),
-            "flight_mb": m1.get(("gpuscope_flight_recorder_bytes", ()), 0.0) / 1e6,
-            "flight_window_s": m1.get(("gpuscope_flight_recorder_window_seconds", ()), 0.0),
-            "flight_dropped": total(m1, "gpuscope_flight_recorder_dropped_total"),
-            "level": m1.get(("gpuscope_detail_level", ()), 0.0)}
+            "flight_events": b.get(("gpuscope_flight_recorder_events", ()), 0.0),
+            "flight_mb": b.get(("gpuscope_flight_recorder_bytes", ()), 0.0) / 1e6,
+            "flight_window_s": b.get(("gpuscope_flight_recorder_window_seconds", ()), 0.0),
+            "flight_dropped": total(b, "gpuscope_flight_recorder_dropped_total"),
+            "level": b.get(("gpuscope_detail_level", ()), 0.0)})
+    return out
 
 
-def capture(pod: Pod) -> dict:
+def capture(sc: Sidecar) -> dict:
     """One 2 s capture with the flight recorder: the sidecar CPU it took, what it replayed."""
-    c0, t0, t_req = cpu_s(pod.sidecar), time.monotonic(), time.monotonic_ns()
-    job = json.loads(pod.get("/v1/captures", {"duration_s": 2, "include_flight_recorder": True}))
+    c0, t0, t_req = cpu_s(sc.pid), time.monotonic(), time.monotonic_ns()
+    job = json.loads(sc.get("/v1/captures", {"duration_s": 2, "include_flight_recorder": True}))
     while True:
-        doc = json.loads(pod.get(f"/v1/captures/{job['id']}"))
+        doc = json.loads(sc.get(f"/v1/captures/{job['id']}"))
         if doc["state"] != "running":
             break
         time.sleep(0.2)
-    wall, cpu = time.monotonic() - t0, cpu_s(pod.sidecar) - c0
+    wall, cpu = time.monotonic() - t0, cpu_s(sc.pid) - c0
     out = {"state": doc["state"], "error": doc.get("error"), "wall_s": wall, "cpu_s": cpu}
     if doc["state"] == "done":
-        summary = json.loads(pod.get(f"/v1/captures/{job['id']}/summary"))
-        raw = pod.get(f"/v1/captures/{job['id']}/trace")
+        summary = json.loads(sc.get(f"/v1/captures/{job['id']}/summary"))
+        raw = sc.get(f"/v1/captures/{job['id']}/trace")
         out.update(replayed=summary["events"].get("flightrec", 0), trace_mb=len(raw) / 1e6)
         from gpuscope.collector.tracereader import BEGIN, read
         with tempfile.NamedTemporaryFile(suffix=".pftrace") as f:
@@ -273,8 +293,7 @@ def checkout(rev: str, d: str) -> str:
 
 
 def report(label: str, r: dict, cap: dict) -> None:
-    print(f"-- {label}: attached in {r['attach_s']:.1f} s; measured {r['window_s']:.0f} s; "
-          f"load {os.getloadavg()[0]:.1f} after")
+    print(f"-- {label}: attached in {r['attach_s']:.1f} s; measured {r['window_s']:.0f} s")
     print(f"events in          {r['events_per_s']:9.0f} /s   lost {r['lost'] or 0}")
     print(f"sidecar CPU        {r['cpu_pct']:9.2f} % of one core   target <= {TARGET_CPU_PCT:g}%: "
           f"ratio {r['cpu_pct'] / TARGET_CPU_PCT:.2f}   ({r['us_per_event']:.1f} µs/event)")
@@ -303,8 +322,8 @@ def main() -> None:
                     "than the flight window, quick 20)")
     ap.add_argument("--py-spy", metavar="FILE", help="also record where the sidecar's CPU "
                     "goes over the measured window (py-spy, collapsed stacks) into FILE")
-    ap.add_argument("--baseline", metavar="REV", help="first run the sidecar of git revision "
-                    "REV the same way (before/after in one run: twice as long)")
+    ap.add_argument("--baseline", metavar="REV", help="also run the sidecar of git revision "
+                    "REV, beside this tree's on the same trainer (before/after in one window)")
     ap.add_argument("sidecar_flags", nargs="*", help="extra `gpuscope sidecar` flags (after --)")
     a = ap.parse_args()
     if os.geteuid() != 0:
@@ -316,25 +335,26 @@ def main() -> None:
           f"target {a.rate} data-file reads/s + pipe IPC, sidecar {' '.join(flags) or 'defaults'}"
           f" (flight window {'10' if a.quick else '60'} s), {warmup:g} s warm-up, "
           f"{window:g} s measured")
-    results = []
     with tempfile.TemporaryDirectory(prefix="bench-sidecar-") as d:
-        runs = [("this tree", None)]
+        sidecars = [Sidecar("this tree", None)]
         if a.baseline:
-            runs = [(f"baseline {a.baseline}", checkout(a.baseline, d)), *runs]
-        for label, code in runs:
-            pod = Pod(d, a.rate, flags, code)
-            try:
-                r = measure(pod, warmup, window, a.py_spy if code is None else None)
-                cap = capture(pod)
-            finally:
-                pod.close()
-            results.append((label, r))
-            report(label, r, cap)
+            sidecars.insert(0, Sidecar(f"baseline {a.baseline}", checkout(a.baseline, d)))
+        pod = Pod(d, a.rate, flags, sidecars)
+        try:
+            results = measure(pod, warmup, window, a.py_spy)
+            caps = [capture(sc) for sc in sidecars]
+        finally:
+            pod.close()
+    print(f"load {os.getloadavg()[0]:.1f} after")
+    for sc, r, cap in zip(sidecars, results, caps, strict=True):
+        report(sc.label, r, cap)
     if len(results) == 2:
-        (_, b), (_, n) = results
-        print(f"== this tree / baseline, same run: CPU {n['cpu_pct'] / b['cpu_pct']:.2f}x, "
-              f"µs/event {n['us_per_event'] / b['us_per_event']:.2f}x, RSS steady "
-              f"{n['rss_steady'] / b['rss_steady']:.2f}x, peak {n['rss_peak'] / b['rss_peak']:.2f}x")
+        b, n = results
+        print(f"== this tree / baseline, side by side on the same trainer: CPU "
+              f"{n['cpu_pct'] / b['cpu_pct']:.2f}x, µs/event {n['us_per_event'] / b['us_per_event']:.2f}x"
+              f", RSS steady {n['rss_steady'] / b['rss_steady']:.2f}x, peak "
+              f"{n['rss_peak'] / b['rss_peak']:.2f}x; capture CPU "
+              f"{caps[1]['cpu_s'] / max(1e-9, caps[0]['cpu_s']):.2f}x")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from .memtrim import release_compiler_memory
 from .metrics import Metrics
 
 CHECK_EVERY_S = 0.5
+REPLAY_EVENTS = 50_000   # a capture's flight window is fed in parts of this many events
 RETRY_ATTACH_S = 5.0
 
 
@@ -194,13 +195,16 @@ class Monitor:
             head = next(chunks, [])
             c.feed(self.names.as_of((head[0].ts if head else now) - 1))
             replayed, forks = 0, set()
-            for chunk in itertools.chain([head], chunks):
-                if not chunk:
-                    continue
-                replayed += sum(1 for ev in chunk if type(ev) is not ThreadName)
-                forks.update(ev.args["child"] for ev in chunk if type(ev) is Instant
-                             and ev.cat == "proc" and ev.name == "fork")
-                c.feed(chunk)
+            part: list[Event] = []   # fed in parts of REPLAY_EVENTS: a feed flushes the trace
+            for chunk in itertools.chain([head], chunks, [None]):
+                if chunk is not None:
+                    replayed += sum(1 for ev in chunk if type(ev) is not ThreadName)
+                    forks.update(ev.args["child"] for ev in chunk if type(ev) is Instant
+                                 and ev.cat == "proc" and ev.name == "fork")
+                    part += chunk
+                if part and (chunk is None or len(part) >= REPLAY_EVENTS):
+                    c.feed(part)
+                    part = []
             start.update(replayed=replayed,
                          processes=set(p.live) | set(self.names.pids()) | forks,
                          seen=set(p.processes), generation=p.generation)
