@@ -165,8 +165,8 @@ class FlightRecorder:
             self._trim(now_ns)
             kept = list(self._batches)
         horizon = now_ns - self.window_ns
-        later = [0] * len(kept)          # the oldest event of every later batch
-        low = None
+        later: list[int | None] = [None] * len(kept)   # the oldest event of all later batches
+        low: int | None = None
         for i in range(len(kept) - 1, -1, -1):
             later[i] = low
             low = kept[i][0] if low is None else min(low, kept[i][0])

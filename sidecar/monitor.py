@@ -193,8 +193,9 @@ class Monitor:
             now = time.monotonic_ns()
             chunks = self.flight.chunks(now) if with_flight else iter(())
             head = next(chunks, [])
-            c.feed(self.names.as_of((head[0].ts if head else now) - 1))
-            replayed, forks = 0, set()
+            names: list[Event] = list(self.names.as_of((head[0].ts if head else now) - 1))
+            c.feed(names)
+            replayed, forks = 0, set[int]()
             part: list[Event] = []   # fed in parts of REPLAY_EVENTS: a feed flushes the trace
             for chunk in itertools.chain([head], chunks, [None]):
                 if chunk is not None:
