@@ -9,7 +9,8 @@ two workers preading a data file in small chunks (shipped one by one), each chun
 sent to the main process over a pipe (IPC: summed in the kernel), the short sleeps
 between bursts (off-CPU), and the Python sampler walking every thread at the
 sidecar's 50 Hz. The sidecar runs at its defaults (60 s flight window, NVML off: no
-driver here).
+driver here) but for --max-overhead 100: at full detail, since at the default 2% its
+budget lowers detail at this rate (pass `-- --max-overhead 2` to see that).
 
 Measured, after a warm-up, over a window longer than the flight window (so the
 recorder has filled and evicts): the sidecar's user+sys CPU from /proc (% of one
@@ -19,6 +20,7 @@ lost or evicted (from its /metrics). Then one capture with the flight recorder: 
 CPU, the events it replayed, the trace checked readable.
 
 Usage: python bench/bench_sidecar.py [--quick] [--rate N] [--window S] [--warmup S]
+       [--baseline REV] [--py-spy FILE] [-- SIDECAR FLAGS]
 """
 
 from __future__ import annotations
@@ -331,6 +333,8 @@ def main() -> None:
     warmup = a.warmup if a.warmup is not None else (5.0 if a.quick else 15.0)
     window = a.window or (20.0 if a.quick else 75.0)
     flags = (["--flight-seconds", "10"] if a.quick else []) + a.sidecar_flags
+    if "--max-overhead" not in flags:   # full detail: at 2% the budget lowers it instead
+        flags += ["--max-overhead", "100"]
     print(f"bench_sidecar: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f} before start; "
           f"target {a.rate} data-file reads/s + pipe IPC, sidecar {' '.join(flags) or 'defaults'}"
           f" (flight window {'10' if a.quick else '60'} s), {warmup:g} s warm-up, "

@@ -155,8 +155,8 @@ class Monitor:
             self.error = f"attaching to PID {pid} failed: {type(e).__name__}: {e}"
             self.log(self.error)
             return False
-        freed = release_compiler_memory()   # BCC's compiler is done until the next attach
         self.command, self.error, self._exited = procfs.cmdline(pid), None, False
+        freed = release_compiler_memory()   # BCC's compiler is done until the next attach
         self._wake.clear()
         if self._stop.is_set():
             self._wake.set()
