@@ -94,7 +94,8 @@ class Attribution:
         h = self.hist.get(span.tid)
         if not h:
             return None
-        i = bisect.bisect_left(h, span.start, key=lambda e: e[0])
+        # (start,) sorts before every (ts, frame) with ts >= start: no key function needed
+        i = bisect.bisect_left(h, (span.start,))
         if i < len(h) and h[i][0] <= span.end:
             return h[i][1]
         if i > 0 and span.start - h[i - 1][0] <= self.max_age_ns:

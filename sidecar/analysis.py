@@ -46,6 +46,12 @@ class LiveAnalysis:
             return
         now = batch[-1].ts
         running = self.running = [r for r in self.running if r[1] == pid]  # a restart: anew
+        while running and now - running[0][0] >= self.span_ns:   # done before this batch
+            r = running.pop(0)
+            try:
+                self._done.put_nowait(r)
+            except queue.Full:
+                self.skipped += 1
         if not running or now - running[-1][0] >= self.every_ns:
             running.append([batch[0].ts, pid, self._make(pid), 0.0])
         for r in list(running):
@@ -57,12 +63,6 @@ class LiveAnalysis:
                 running.remove(r)
                 continue
             r[3] += time.thread_time() - t0
-        while running and now - running[0][0] >= self.span_ns:
-            r = running.pop(0)
-            try:
-                self._done.put_nowait(r)
-            except queue.Full:
-                self.skipped += 1
 
     def _results(self) -> None:
         while True:

@@ -260,3 +260,26 @@ def test_metrics_count_the_calls_and_waits_summed_in_the_kernel():
     assert val["gpuscope_io_write_bytes_total"] == 5000
     off = {s.labels["state"]: s.value for s in fams["gpuscope_offcpu_seconds"].samples}
     assert off == {"blocked": pytest.approx(0.003), "preempted": pytest.approx(0.001)}
+
+
+def test_live_analysis_feeds_each_event_once_and_publishes_each_period():
+    """One analysis at a time with the default period: every event is analysed once, as
+    it passes; each finished period's result reaches the metrics (on its own thread)."""
+    from gpuscope.probes.events import Frame, StackSample
+    from gpuscope.sidecar.analysis import LiveAnalysis
+
+    m = Metrics()
+    la = LiveAnalysis(lambda: 7, m, rate_hz=50, every_s=10)
+    fed = []
+    s = 1_000_000_000
+    frames = (Frame("main", "/app/train.py", 3),)
+    for i in range(50):                       # 25 s of stream time, a batch per 0.5 s
+        batch = [StackSample(7, 7, i * s // 2 + j, "running", True, frames) for j in range(3)]
+        la.feed(batch)
+        fed.append(len(la.running))
+    assert max(fed) == 1                       # never two analyses fed the same events
+    deadline = time.monotonic() + 10
+    while ("gpuscope_analysis_seconds", ()) not in m.values and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert m.values[("gpuscope_analysis_seconds", ())] >= 0
+    la.close()
