@@ -78,6 +78,9 @@ class Attribution:
     def __init__(self, max_age_ns: int = 250_000_000):
         self.hist: dict[int, deque[tuple[int, Frame]]] = {}
         self.max_age_ns = max_age_ns
+        # id(frame) -> (frame, its label): made once per frame, not once per slice (the
+        # sampler shares Frame objects; the frame is kept so its id is not reused)
+        self._labels: dict[int, tuple[Frame, str]] = {}
 
     def remember(self, s: StackSample) -> None:
         if not s.frames:
@@ -91,7 +94,8 @@ class Attribution:
         h = self.hist.get(span.tid)
         if not h:
             return None
-        i = bisect.bisect_left(h, span.start, key=lambda e: e[0])
+        # (start,) sorts before every (ts, frame) with ts >= start: no key function needed
+        i = bisect.bisect_left(h, (span.start,))
         if i < len(h) and h[i][0] <= span.end:
             return h[i][1]
         if i > 0 and span.start - h[i - 1][0] <= self.max_age_ns:
@@ -101,4 +105,9 @@ class Attribution:
     def annotate(self, span: Span) -> None:
         f = self.frame_for(span)
         if f is not None:
-            span.args["py"] = frame_label(f)
+            got = self._labels.get(id(f))
+            if got is None:
+                if len(self._labels) >= 65536:
+                    self._labels.clear()
+                got = self._labels[id(f)] = (f, frame_label(f))
+            span.args["py"] = got[1]

@@ -237,3 +237,19 @@ def file_maps(pid: int, strict: bool = False) -> dict[str, list[Mapping]]:
         if m.file:
             out.setdefault(m.path, []).append(m)
     return out
+
+
+def smaps(pid: int | str = "self") -> list[tuple[Mapping, dict[str, int]]]:
+    """Each mapping with its /proc/PID/smaps counters (kB: Rss, Anonymous, ...)."""
+    out: list[tuple[Mapping, dict[str, int]]] = []
+    for line in (read_text(f"{PROC}/{pid}/smaps") or "").splitlines():
+        key, sep, rest = line.partition(":")
+        if sep and " " not in key and out:
+            value = rest.split()
+            if value and value[0].isdigit():
+                out[-1][1][key] = int(value[0])
+        else:
+            m = parse_maps(line)
+            if m:
+                out.append((m[0], {}))
+    return out

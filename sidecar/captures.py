@@ -127,8 +127,11 @@ class Captures:
                 processes |= pipeline.processes - start["seen"]   # forked during the capture
             notices = self.monitor.notices()
             if job.include_flight_recorder:
+                dropped = self.monitor.flight.dropped
                 notices.append(f"flight recorder: {start['replayed']} events from before "
-                               "the request")
+                               "the request" + (f" ({dropped} dropped by its bounds, "
+                                                "--flight-max-events/--flight-max-mb, before "
+                                                "they left the window)" if dropped else ""))
             cap = rec.finish(reason, time.monotonic() - t0, stats, processes, notices)
             failed = pipeline.failed.pop(id(rec), None)
             if failed is not None:

@@ -47,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flight-max-events", type=int, default=500_000,
                    help="flight recorder bound, events (default 500000)")
     p.add_argument("--flight-max-mb", type=int, default=256,
-                   help="flight recorder bound, estimated MiB (default 256)")
+                   help="flight recorder bound, MiB of encoded events (default 256)")
     p.add_argument("--max-duration", type=float, default=3600.0,
                    help="longest capture accepted, seconds (default 3600)")
     p.add_argument("--host-proc", metavar="DIR", help="the host's procfs, to translate kernel "
@@ -55,8 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--viewer", action="store_true", help="serve the web viewer under /viewer/")
     add_probe_flags(p, ALWAYS_ON, cheaper="cheaper always-on")
     p.add_argument("--analyze-every", type=float, default=30.0, metavar="S",
-                   help="run the stall analysis over the flight recorder every S seconds, "
-                   "for the data-wait and step-time metrics; 0: only on captures (default 30)")
+                   help="publish the always-on stall analysis (data-wait and step-time "
+                   "metrics) every S seconds, each over the last max(S, 10) seconds of "
+                   "events; 0: only on captures (default 30)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -106,29 +107,6 @@ def load_token(args) -> str | None:
 def log(msg: str) -> None:
     sys.stderr.write(f"{time.strftime('%H:%M:%S')} gpuscope sidecar: {msg}\n")
     sys.stderr.flush()
-
-
-def analyze_loop(monitor, flight, metrics, rate_hz: float, every_s: float) -> None:
-    """Always-on data-wait share and step time: the stall analysis over the
-    flight recorder's window (bounded by it), every `every_s` seconds."""
-    try:
-        from gpuscope.collector.stalls import StallAnalysis
-    except ImportError as e:
-        log(f"stall analysis unavailable ({e}): data-wait metrics only from captures")
-        return
-    while True:
-        time.sleep(every_s)
-        pid = monitor.target
-        if pid is None:
-            continue
-        try:
-            t0 = time.monotonic()
-            analysis = StallAnalysis(pid, rate_hz=rate_hz)
-            analysis.feed(flight.snapshot(time.monotonic_ns()))
-            metrics.update_from_summary(analysis.result())
-            metrics.set("gpuscope_analysis_seconds", time.monotonic() - t0)
-        except Exception as e:  # never let the analysis take the sidecar down
-            log(f"stall analysis failed: {type(e).__name__}: {e}")
 
 
 class Sidecar:
@@ -202,11 +180,15 @@ def run(args) -> int:
     log(f"PID namespace: {note}")
     log(f"looking for the training process ({'--match ' + args.match if match else 'Python with torch/CUDA libraries'}); "
         f"API on http://{host}:{server.server_port} ({'token required' if token else 'NO AUTH'})")
+    if args.analyze_every > 0 and opts.python:
+        try:
+            from .analysis import LiveAnalysis
+
+            monitor.pipeline.add_consumer(LiveAnalysis(lambda: monitor.target, metrics,
+                                                       opts.rate, args.analyze_every, log))
+        except ImportError as e:
+            log(f"stall analysis unavailable ({e}): data-wait metrics only from captures")
     monitor.start()
-    if args.analyze_every > 0 and opts.python and flight.enabled:
-        threading.Thread(target=analyze_loop, args=(monitor, flight, metrics, opts.rate,
-                                                     args.analyze_every),
-                         name="gpuscope-analysis", daemon=True).start()
     try:
         server.serve_forever()
     finally:

@@ -4,17 +4,17 @@ Named in the Prometheus / dcgm-exporter style: a `gpuscope_` prefix, base
 units in the name (`_bytes`, `_seconds`, `_ratio`), `_total` for counters.
 Rates (IO bytes/s, launches/s) are `rate()` of the counters, as Prometheus
 intends; the verdict's figures (data-wait share, median step time, phase
-shares, stall cause) come from the stall analysis of the flight recorder's
-window (every --analyze-every s) or of the last capture (the verdict in its
-summary.json), with its timestamp.
+shares, stall cause) come from the always-on stall analysis (analysis.py:
+fed as events pass, published every --analyze-every s) or from the last
+capture (the verdict in its summary.json), with its timestamp.
 
 The values live in one dict (cheap to update per batch); a Collector on a
 registry of our own (not prometheus_client's global one, which would add
 the sidecar's own process metrics) turns them into families at scrape time,
 and prometheus_client writes the text or OpenMetrics exposition.
 
-Cost: one pass over each batch with a type test per event and a few dict
-updates; no per-event allocation. Labels are low-cardinality (probe, call,
+Cost: one pass over each batch with a type test per event, sums kept in
+locals for the commonest events and added once per batch; no per-event allocation. Labels are low-cardinality (probe, call,
 direction, state, gpu, phase, cause): no per-PID series except the target's info line.
 """
 
@@ -78,7 +78,11 @@ HELP = {
     "gpuscope_probe_events_lost_total": ("counter", "Events each probe could not deliver"),
     "gpuscope_events_total": ("counter", "Events seen by the always-on monitor"),
     "gpuscope_flight_recorder_events": ("gauge", "Events kept by the flight recorder"),
-    "gpuscope_flight_recorder_bytes": ("gauge", "Estimated memory held by the flight recorder"),
+    "gpuscope_flight_recorder_bytes": ("gauge", "Memory held by the flight recorder (encoded "
+                                       "batches)"),
+    "gpuscope_flight_recorder_dropped_total": ("counter", "Events the flight recorder dropped "
+                                               "before they left its window (--flight-max-events"
+                                               ", --flight-max-mb)"),
     "gpuscope_flight_recorder_window_seconds": ("gauge", "Time span the flight recorder holds"),
     "gpuscope_captures_total": ("counter", "Captures finished, by state"),
     "gpuscope_capture_running": ("gauge", "1 while a capture is being written"),
@@ -127,53 +131,45 @@ class Metrics:
             self._inc(name, labels, by)
 
     def observe(self, batch: list[Event]) -> None:
-        """Folds one batch of events into the aggregates."""
+        """Folds one batch of events into the aggregates. The commonest events (IO
+        and off-CPU slices) are summed in locals and added once per batch."""
         inc = self._inc
+        calls: dict[str, float] = {}       # IO calls by syscall
+        offcpu: dict[str, float] = {}      # off-CPU ns by state
+        io_ns = read = written = 0
         with self._lock:
             self.events += len(batch)
             for ev in batch:
                 if type(ev) is Span:
                     cat = ev.cat
-                    dur = (ev.end - ev.start) / 1e9
                     if cat == "io":
                         name = ev.name
-                        inc("gpuscope_io_calls_total", (("call", name),))
-                        inc("gpuscope_io_seconds_total", (), dur)
+                        calls[name] = calls.get(name, 0) + 1
+                        io_ns += ev.end - ev.start
                         ret = ev.args.get("bytes", 0)
                         if type(ret) is int and ret > 0:
                             if name in READS:
-                                inc("gpuscope_io_read_bytes_total", (), ret)
+                                read += ret
                             elif name in WRITES:
-                                inc("gpuscope_io_write_bytes_total", (), ret)
+                                written += ret
                     elif cat == "sched":
-                        inc("gpuscope_offcpu_seconds_total", (("state", ev.name),), dur)
+                        offcpu[ev.name] = offcpu.get(ev.name, 0) + ev.end - ev.start
                     elif cat in SUMMED_IO:   # calls summed per thread in the kernel
                         a = ev.args
                         for name in SYSCALLS.intersection(a):
-                            inc("gpuscope_io_calls_total", (("call", name),), a[name])
+                            calls[name] = calls.get(name, 0) + a[name]
                             n = a.get(f"{name}_bytes", 0)
                             if n and name in READS:
-                                inc("gpuscope_io_read_bytes_total", (), n)
+                                read += n
                             elif n and name in WRITES:
-                                inc("gpuscope_io_write_bytes_total", (), n)
-                        inc("gpuscope_io_seconds_total", (), a.get("syscall_ns", 0) / 1e9)
+                                written += n
+                        io_ns += a.get("syscall_ns", 0)
                     elif cat == SUMMED_SCHED:
                         a = ev.args
                         for state in ("blocked", "preempted"):
-                            inc("gpuscope_offcpu_seconds_total", (("state", state),),
-                                a.get(f"{state}_ns", 0) / 1e9)
+                            offcpu[state] = offcpu.get(state, 0) + a.get(f"{state}_ns", 0)
                     elif cat == "cuda":
-                        name = ev.name
-                        inc("gpuscope_cuda_calls_total")
-                        if name in LAUNCHES:
-                            inc("gpuscope_cuda_kernel_launches_total")
-                        elif MEMCPY.match(name):
-                            n = ev.args.get("bytes", 0)
-                            if type(n) is int and n > 0:
-                                kind = str(ev.args.get("kind", "unknown")).lower()
-                                inc("gpuscope_cuda_memcpy_bytes_total", (("direction", kind),), n)
-                        if SYNC.search(name):
-                            inc("gpuscope_cuda_sync_seconds_total", (), dur)
+                        self._cuda(ev)
                     elif cat == "nccl":
                         inc("gpuscope_nccl_calls_total")
                 elif type(ev) is CounterSample and ev.pid == 0:
@@ -181,6 +177,29 @@ class Metrics:
                     if m and m.group(2) in GPU_METRICS:
                         metric, scale = GPU_METRICS[m.group(2)]
                         self.values[(metric, (("gpu", m.group(1)),))] = ev.value * scale
+            for name, n in calls.items():
+                inc("gpuscope_io_calls_total", (("call", name),), n)
+            for state, ns in offcpu.items():
+                inc("gpuscope_offcpu_seconds_total", (("state", state),), ns / 1e9)
+            if calls or io_ns:
+                inc("gpuscope_io_seconds_total", (), io_ns / 1e9)
+            if read:
+                inc("gpuscope_io_read_bytes_total", (), read)
+            if written:
+                inc("gpuscope_io_write_bytes_total", (), written)
+
+    def _cuda(self, ev: Span) -> None:
+        inc, name = self._inc, ev.name
+        inc("gpuscope_cuda_calls_total")
+        if name in LAUNCHES:
+            inc("gpuscope_cuda_kernel_launches_total")
+        elif MEMCPY.match(name):
+            n = ev.args.get("bytes", 0)
+            if type(n) is int and n > 0:
+                kind = str(ev.args.get("kind", "unknown")).lower()
+                inc("gpuscope_cuda_memcpy_bytes_total", (("direction", kind),), n)
+        if SYNC.search(name):
+            inc("gpuscope_cuda_sync_seconds_total", (), (ev.end - ev.start) / 1e9)
 
     def update_from_summary(self, summary: dict) -> None:
         """The verdict's figures: step time, data-wait share, phase shares and

@@ -11,6 +11,7 @@ statistics carry over.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -21,9 +22,11 @@ from gpuscope.probes.events import Event, Instant, ThreadName
 from gpuscope.probes.source import Source, SourceError, SourceStats
 
 from .flightrec import FlightRecorder
+from .memtrim import release_compiler_memory
 from .metrics import Metrics
 
 CHECK_EVERY_S = 0.5
+REPLAY_EVENTS = 50_000   # a capture's flight window is fed in parts of this many events
 RETRY_ATTACH_S = 5.0
 
 
@@ -49,6 +52,9 @@ class Names:
     def as_of(self, ts: int) -> list[ThreadName]:
         return [ThreadName(n.pid, n.tid, ts, n.name, n.is_process)
                 for n in sorted(self.names.values(), key=lambda n: (not n.is_process, n.tid))]
+
+    def pids(self) -> set[int]:
+        return {n.pid for n in self.names.values()}
 
     def close(self) -> None:
         self.names.clear()
@@ -150,12 +156,14 @@ class Monitor:
             self.log(self.error)
             return False
         self.command, self.error, self._exited = procfs.cmdline(pid), None, False
+        freed = release_compiler_memory()   # BCC's compiler is done until the next attach
         self._wake.clear()
         if self._stop.is_set():
             self._wake.set()
         self.attached_at = time.time()
         self.log(f"attached to PID {pid} ({' '.join(self.command)[:120]}), "
-                 f"{len(self.pipeline.processes)} process(es), in {time.monotonic() - t0:.1f}s")
+                 f"{len(self.pipeline.processes)} process(es), in {time.monotonic() - t0:.1f}s; "
+                 f"{freed >> 10} MB of compiler memory released")
         self._publish()
         self.attached.set()
         return True
@@ -180,17 +188,28 @@ class Monitor:
         start: dict = {}
 
         def prelude() -> list[Event]:
+            # Fed here a batch at a time (the window decodes chunk by chunk), names first.
             p = self.pipeline
             now = time.monotonic_ns()
-            history = self.flight.snapshot(now) if with_flight else []
-            first = history[0].ts if history else now
-            names = self.names.as_of(first - 1)
-            forks = {ev.args["child"] for ev in history
-                     if type(ev) is Instant and ev.cat == "proc" and ev.name == "fork"}
-            start.update(replayed=sum(1 for ev in history if type(ev) is not ThreadName),
-                         processes=set(p.live) | {n.pid for n in names} | forks,
+            chunks = self.flight.chunks(now) if with_flight else iter(())
+            head = next(chunks, [])
+            names: list[Event] = list(self.names.as_of((head[0].ts if head else now) - 1))
+            c.feed(names)
+            replayed, forks = 0, set[int]()
+            part: list[Event] = []   # fed in parts of REPLAY_EVENTS: a feed flushes the trace
+            for chunk in itertools.chain([head], chunks, [None]):
+                if chunk is not None:
+                    replayed += sum(1 for ev in chunk if type(ev) is not ThreadName)
+                    forks.update(ev.args["child"] for ev in chunk if type(ev) is Instant
+                                 and ev.cat == "proc" and ev.name == "fork")
+                    part += chunk
+                if part and (chunk is None or len(part) >= REPLAY_EVENTS):
+                    c.feed(part)
+                    part = []
+            start.update(replayed=replayed,
+                         processes=set(p.live) | set(self.names.pids()) | forks,
                          seen=set(p.processes), generation=p.generation)
-            return names + history
+            return []
 
         self.pipeline.add_consumer(c, prelude)
         return start
@@ -226,6 +245,7 @@ class Monitor:
         f = self.flight
         m.set("gpuscope_flight_recorder_events", f.events)
         m.set("gpuscope_flight_recorder_bytes", f.bytes)
+        m.set("gpuscope_flight_recorder_dropped_total", f.dropped)
         oldest = f.oldest_ns()
         m.set("gpuscope_flight_recorder_window_seconds",
               0.0 if oldest is None else max(0.0, (time.monotonic_ns() - oldest) / 1e9))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes as ct
 import os
+import struct
 import time
 from collections.abc import Iterable
 
@@ -43,10 +44,16 @@ INIT_PIDNS_INO = 0xEFFFFFFC   # PROC_PID_INIT_INO: the initial PID namespace
 DEFAULT_HOST_PROC = "/host/proc"
 CACHE_MAX = 65536
 NEGATIVE_TTL_S = 2.0          # "not in our namespace" answers are re-checked after this
+# ... for a waker only (a field a record is kept without): wakers outside the pod are
+# many on a busy node, each re-read from /host/proc every NEGATIVE_TTL_S cost ~0.5% of a
+# core in bench_sidecar; a pod task behind a recently seen outside id shows as waker 0.
+WAKER_NEGATIVE_TTL_S = 30.0
 
 # Record fields holding a PID or TID; required ones make the record useless untranslated.
 ID_FIELDS = {"pid": True, "tid": True, "ppid": True, "waker_pid": False, "waker_tid": False}
 PROC_EXIT = 4                 # proc.h PROC_EXIT
+_U32 = struct.Struct("<I")
+_INT_CODES = {(4, False): "I", (4, True): "i", (8, False): "Q", (8, True): "q"}
 
 
 class PidNamespace:
@@ -115,12 +122,12 @@ class PidNamespace:
         self._negative.pop(kid, None)
         self._ns_negative.pop(nid, None)
 
-    def to_ns(self, kid: int) -> int | None:
+    def to_ns(self, kid: int, negative_ttl_s: float = NEGATIVE_TTL_S) -> int | None:
         nid = self._to_ns.get(kid)
         if nid is not None:
             return nid
         t = self._negative.get(kid)
-        if t is not None and time.monotonic() - t < NEGATIVE_TTL_S:
+        if t is not None and time.monotonic() - t < negative_ttl_s:
             return None
         nid = self._read(kid)
         if nid is None:
@@ -182,7 +189,7 @@ class NamespacedKernelProbes(KernelProbes):
         self.pidns = pidns
         self.exited: list[int] = []
         self._untranslated = self._reported = 0
-        self._layouts: dict[str, tuple[type, list[tuple[str, bool]]]] = {}
+        self._layouts: dict[str, tuple] = {}
         super().__init__(probes, extra_cflags)
 
     def kernel_pid(self, pid: int) -> int | None:
@@ -197,18 +204,63 @@ class NamespacedKernelProbes(KernelProbes):
         if kid is not None:
             self.pidns.learn_threads(kid)
 
+    def _layout(self, probe, data) -> tuple:
+        """Where a ring's records hold PIDs: one struct.Struct over all of them
+        (padding between), their offsets and which are required; the offset of
+        proc's `kind`."""
+        cls = type(self.bpf[probe.ring].event(data))  # BCC's struct for this ring
+        types = dict((f[0], f[1]) for f in cls._fields_)
+        found = sorted((getattr(cls, n).offset, n, req) for n, req in ID_FIELDS.items()
+                       if n in types)
+        fmt, pos = "<", found[0][0] if found else 0
+        base = pos
+        for off, name, _ in found:
+            code = _INT_CODES[(ct.sizeof(types[name]), types[name](-1).value < 0)]
+            fmt += "x" * (off - pos) + code
+            pos = off + ct.sizeof(types[name])
+        kind = cls.kind.offset if probe.ring == "proc_events" else -1
+        names = [n for _, n, _ in found]
+        layout = (struct.Struct(fmt), base, tuple(req for _, _, req in found), kind,
+                  names.index("tid") if "tid" in names else -1)
+        self._layouts[probe.ring] = layout
+        return layout
+
     def record(self, probe, data, size: int) -> bytes | None:
-        layout = self._layouts.get(probe.ring)
-        if layout is None:
-            cls = type(self.bpf[probe.ring].event(data))  # BCC's struct for this ring
-            names = {f[0] for f in cls._fields_}
-            layout = self._layouts[probe.ring] = (
-                cls, [(n, req) for n, req in ID_FIELDS.items() if n in names])
-        cls, fields = layout
+        layout = self._layouts.get(probe.ring) or self._layout(probe, data)
+        st, base, required, kind_at, tid_at = layout
+        if not required or base + st.size > size:
+            return self._record_short(probe, data, size) if required else data
+        ids = st.unpack_from(data, base)
+        known, to_ns = self.pidns._to_ns, self.pidns.to_ns
+        out = []
+        for kid, req in zip(ids, required, strict=True):
+            if kid:
+                nid = known.get(kid)
+                if nid is None:
+                    nid = to_ns(kid, NEGATIVE_TTL_S if req else WAKER_NEGATIVE_TTL_S)
+                    if nid is None:
+                        if req:
+                            self._untranslated += 1
+                            return None
+                        nid = 0  # a waker outside the pod
+                out.append(nid)
+            else:
+                out.append(0)
+        buf = bytearray(data)
+        st.pack_into(buf, base, *out)
+        if kind_at >= 0 and tid_at >= 0 and _U32.unpack_from(buf, kind_at)[0] == PROC_EXIT:
+            self.exited.append(out[tid_at])
+        return bytes(buf)
+
+    def _record_short(self, probe, data, size: int) -> bytes | None:
+        """A record shorter than its PID fields reach (field by field, as far as it goes)."""
+        cls = type(self.bpf[probe.ring].event(data))
         buf = (ct.c_char * max(size, ct.sizeof(cls)))()
         ct.memmove(buf, data, size)
         ev = cls.from_buffer(buf)
-        for name, required in fields:
+        for name, required in ID_FIELDS.items():
+            if not hasattr(cls, name):
+                continue
             kid = getattr(ev, name)
             if not kid or getattr(cls, name).offset + 4 > size:
                 continue
@@ -217,10 +269,8 @@ class NamespacedKernelProbes(KernelProbes):
                 if required:
                     self._untranslated += 1
                     return None
-                nid = 0  # a waker outside the pod
+                nid = 0
             setattr(ev, name, nid)
-        if probe.ring == "proc_events" and ev.kind == PROC_EXIT:
-            self.exited.append(ev.tid)
         return ct.string_at(buf, size)
 
     def start(self, pids: Iterable[int]) -> None:

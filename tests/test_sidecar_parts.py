@@ -94,6 +94,62 @@ def test_flight_recorder_keeps_a_bounded_recent_window():
     assert fr.bytes <= 20_000 and fr.snapshot(100 * s)[-1].ts == 99 * s + 9
 
 
+def test_flight_recorder_gives_back_the_events_it_was_fed():
+    """Batches are held encoded; a snapshot decodes them to equal events, every type."""
+    from gpuscope.probes.events import Frame, Instant, Loss, StackSample, ThreadName
+
+    frames = (Frame("main", "/app/train.py", 10), Frame("__next__", "/t/dataloader.py", 7))
+    batch = [ThreadName(10, 11, 1, "worker", False),
+             span(2, 4096),
+             Instant("proc", "fork", 10, 11, 3, {"child": 12}),
+             StackSample(10, 11, 4, "running", True, frames),
+             StackSample(10, 11, 5, "idle", False, frames),
+             CounterSample("GPU0 utilization", "%", 6, 87.5),
+             Loss("io", 7, 3, "ring buffer full"),
+             Span("cuda", "cudaMemcpy", 10, 11, 8, 9, {"kind": "HtoD", "bytes": 1 << 40,
+                                                       "ok": True, "ratio": 0.5})]
+    fr = FlightRecorder(seconds=60)
+    fr.add(batch[:4], now_ns=10)
+    fr.add(batch[4:], now_ns=10)
+    got = fr.snapshot(now_ns=10)
+    assert got == batch
+    assert got[3].frames[0] is got[4].frames[0]     # frames shared again, as the sampler does
+    odd = [Instant("gpuscope", "x", 0, 0, 11, {"set": {1, 2}, "obj": Frame("f", "g", 1)})]
+    fr.add(odd, now_ns=11)                          # not marshal's: pickled instead
+    assert fr.snapshot(now_ns=11)[-1] == odd[0]
+    assert fr.bytes < 2000 and fr.dropped == 0
+
+
+def test_flight_recorder_replays_in_order_a_batch_at_a_time():
+    """Batches overlap when a source delivers late; the chunks stay in time order,
+    and batches that do not overlap are decoded one at a time."""
+    fr = FlightRecorder(seconds=3600)
+    for i in range(10):
+        fr.add([span(i * 100 + j) for j in range(0, 100, 10)], now_ns=10_000)
+    fr.add([span(5), span(1005)], now_ns=10_000)       # late: overlaps everything
+    fr.add([span(2000 + j) for j in range(10)], now_ns=10_000)
+    chunks = list(fr.chunks(10_000))
+    flat = [e.ts for c in chunks for e in c]
+    assert flat == sorted(flat) and len(flat) == 112
+    assert [e.ts for e in chunks[-1]] == list(range(2000, 2010))
+    fr = FlightRecorder(seconds=3600)
+    for i in range(10):
+        fr.add([span(i * 100 + j) for j in range(0, 100, 10)], now_ns=10_000)
+    assert [len(c) for c in fr.chunks(10_000)] == [10] * 10
+
+
+def test_flight_recorder_counts_what_its_bounds_drop():
+    s = 1_000_000_000
+    fr = FlightRecorder(seconds=5, max_events=10**6, max_bytes=1 << 30)
+    for i in range(10):                        # one 10-event batch a second
+        fr.add([span(i * s + j) for j in range(10)], now_ns=i * s)
+    assert fr.evicted == 40 and fr.dropped == 0   # aged out of the window: not a drop
+    fr = FlightRecorder(seconds=5, max_events=30, max_bytes=1 << 30)
+    for i in range(10):
+        fr.add([span(i * s + j) for j in range(10)], now_ns=i * s)
+    assert fr.events == 30 and fr.evicted == 70 and fr.dropped == 70
+
+
 def test_metrics_text_format_parses():
     m = Metrics()
     m.observe([span(1, 4096), span(2, 100),
@@ -204,3 +260,26 @@ def test_metrics_count_the_calls_and_waits_summed_in_the_kernel():
     assert val["gpuscope_io_write_bytes_total"] == 5000
     off = {s.labels["state"]: s.value for s in fams["gpuscope_offcpu_seconds"].samples}
     assert off == {"blocked": pytest.approx(0.003), "preempted": pytest.approx(0.001)}
+
+
+def test_live_analysis_feeds_each_event_once_and_publishes_each_period():
+    """One analysis at a time with the default period: every event is analysed once, as
+    it passes; each finished period's result reaches the metrics (on its own thread)."""
+    from gpuscope.probes.events import Frame, StackSample
+    from gpuscope.sidecar.analysis import LiveAnalysis
+
+    m = Metrics()
+    la = LiveAnalysis(lambda: 7, m, rate_hz=50, every_s=10)
+    fed = []
+    s = 1_000_000_000
+    frames = (Frame("main", "/app/train.py", 3),)
+    for i in range(50):                       # 25 s of stream time, a batch per 0.5 s
+        batch = [StackSample(7, 7, i * s // 2 + j, "running", True, frames) for j in range(3)]
+        la.feed(batch)
+        fed.append(len(la.running))
+    assert max(fed) == 1                       # never two analyses fed the same events
+    deadline = time.monotonic() + 10
+    while ("gpuscope_analysis_seconds", ()) not in m.values and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert m.values[("gpuscope_analysis_seconds", ())] >= 0
+    la.close()
