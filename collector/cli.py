@@ -26,6 +26,9 @@ def default_output(pid: int) -> str:
 
 def check_output(path: str) -> None:
     d = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise CliError(f"cannot write trace to {path}: not a regular file "
+                       "(give a file path with -o)", EXIT_USAGE)
     if not os.path.isdir(d):
         raise CliError(f"cannot write trace to {path}: directory {d} does not exist "
                        "(create it, or choose another path with -o)", EXIT_USAGE)
@@ -74,6 +77,12 @@ def capture(opts: CaptureOptions, pid: int, on_attached=None, command=None):
             os.unlink(output)  # nothing but the clock snapshot
         raise CliError(str(e)) from None
     report(cap)
+    if cap.error:
+        if "deleted" in cap.error:
+            raise CliError(f"{cap.error}: the capture stopped (keep the output directory "
+                           "while capturing, or choose another path with -o)")
+        raise CliError(f"{cap.error}: the capture stopped early; the trace is readable up to "
+                       "there (free some space, or choose another path with -o)")
     return cap
 
 
@@ -102,7 +111,7 @@ def report(cap) -> None:
 
         err.write(render(cap.summary))
     err.write(f"  trace:   {cap.trace} ({size / 1e6:.1f} MB) — open in ui.perfetto.dev\n")
-    err.write(f"  summary: {cap.summary_path}\n")
+    err.write(f"  summary: {cap.summary_path or 'not written'}\n")
 
 
 # -- commands ----------------------------------------------------------------
@@ -153,23 +162,28 @@ def cmd_run(args) -> int:
 def cmd_report(args) -> int:
     import json
 
-    from .replay import TraceError, events, target_pid
+    from .replay import TraceError, events, target_pid, truncation
     from .stalls import StallAnalysis
     from .verdict import render
 
     summary_path = os.path.splitext(args.trace)[0] + ".summary.json"
+    summary = None
     try:
         with open(summary_path) as f:
-            pid = json.load(f)["target"]["pid"]
-    except (OSError, ValueError, KeyError):
+            summary = json.load(f)
+        pid = summary["target"]["pid"]
+        if not isinstance(pid, int):
+            raise ValueError(pid)
+    except (OSError, ValueError, KeyError, TypeError):
         pid = None
+    seen: dict = {}
     try:
         pid = pid or target_pid(args.trace)
         if pid is None:
             raise CliError(f"{args.trace} holds no process: not a gpuscope trace?", EXIT_USAGE)
         analysis = StallAnalysis(pid)
         batch = []
-        for ev in events(args.trace):
+        for ev in events(args.trace, seen):
             batch.append(ev)
             if len(batch) >= 4096:
                 analysis.feed(batch)
@@ -178,10 +192,16 @@ def cmd_report(args) -> int:
     except TraceError as e:
         raise CliError(f"{e} (give the .pftrace written by gpuscope attach/run)", EXIT_USAGE) from None
     result = analysis.result()
+    cut = truncation(args.trace, seen, summary if isinstance(summary, dict) else None)
+    if cut:
+        result = {**result, "truncated": cut}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         sys.stdout.write(render(result))
+    if cut:
+        sys.stderr.write(f"gpuscope: note: {args.trace} is truncated: {cut}; the verdict "
+                         "covers only what it holds\n")
     return 0
 
 

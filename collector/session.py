@@ -79,6 +79,7 @@ class Session:
             if on_attached:
                 on_attached(self)
             p.on_tick(self._check, every_s=0)
+            p.on_tick(lambda _p: rec.check_output(), every_s=1.0)
             if self.budget is not None:
                 p.on_tick(self.budget, every_s=1.0)
             if self.status:
@@ -95,8 +96,11 @@ class Session:
                           p.stats(), p.processes, p.notices(), self.attach_s,
                           overhead=self.budget.state() if self.budget is not None else None)
 
-    def _check(self, _p: Pipeline) -> None:
-        if self.duration is not None and time.monotonic() - self.t_live >= self.duration:
+    def _check(self, p: Pipeline) -> None:
+        rec = self.recording
+        if rec is not None and (rec.error or id(rec) in p.failed):
+            self.request_stop("trace not writable")   # a disk full: stop, keep what was written
+        elif self.duration is not None and time.monotonic() - self.t_live >= self.duration:
             self.request_stop("duration")
         elif not procfs.alive(self.pid):
             self.request_stop("target exited")
