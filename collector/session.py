@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Iterable
 
-from gpuscope.probes import procfs
+from gpuscope.probes import fsnames, procfs
 from gpuscope.probes.source import Source
 
 from .pipeline import FLUSH_EVERY_S, REORDER_NS, Consumer, Pipeline
@@ -30,7 +30,8 @@ class Session:
         self.output = output
         self.duration = duration
         self.status = status
-        self.command = command or procfs.cmdline(pid)
+        # `run`'s argv as the os module decoded it; /proc's is escaped by procfs
+        self.command = [fsnames.from_os(a) for a in command] if command else procfs.cmdline(pid)
         self.analysis = analysis      # the stall analysis, fed by the recording
         self.consumers = list(consumers)  # more consumers of the stream (e.g. a viewer index)
         self.budget = budget          # the overhead budget (budget.PipelineBudget), ticked once a second
