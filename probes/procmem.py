@@ -54,8 +54,10 @@ class NoPermission(ReadError):
     def __init__(self, pid: int):
         super().__init__(
             errno.EPERM,
-            f"process_vm_readv on pid {pid}: permission denied — "
-            "gpuscope needs root or CAP_SYS_PTRACE to read Python stacks",
+            f"process_vm_readv on pid {pid}: permission denied — " + (
+                "gpuscope needs root or CAP_SYS_PTRACE to read Python stacks" if os.geteuid()
+                else "although gpuscope runs as root (the process holds capabilities gpuscope "
+                "lacks, or is in another user namespace)"),
         )
 
 

@@ -17,6 +17,7 @@ each change is a CounterSample on RATE_TRACK in the stream.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterable
@@ -202,8 +203,10 @@ class PythonSampler(Source):
             walker = Walker(rt, mem)
             walker.interpreters()  # proves we can read it
         except (NoPermission, PermissionError):
-            self._notice(f"python sampler: pid {pid}: permission denied "
-                         "(needs root or CAP_SYS_PTRACE)")
+            self._notice(f"python sampler: pid {pid}: permission denied " + (
+                "(needs root or CAP_SYS_PTRACE)" if os.geteuid() else
+                "although gpuscope runs as root: the process holds capabilities gpuscope "
+                "lacks, or is in another user namespace, or a security module forbids it"))
             return "denied"
         except NotPython as e:
             self._notice(f"python sampler: {e}; its Python frames are not sampled")
