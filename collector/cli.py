@@ -14,7 +14,7 @@ from gpuscope.probes import procfs
 from gpuscope.probes.source import SourceError
 
 from .errors import EXIT_USAGE, CliError, check_privileges
-from .options import CaptureOptions, add_capture_flags, build_sources
+from .options import CaptureOptions, Parser, add_capture_flags, build_sources, port
 
 _HOLD = ("import os, sys\nfd = int(sys.argv[1])\nos.read(fd, 1)\nos.close(fd)\n"
          "os.execvp(sys.argv[2], sys.argv[2:])")
@@ -114,6 +114,46 @@ def report(cap) -> None:
     err.write(f"  summary: {cap.summary_path or 'not written'}\n")
 
 
+def check_target(pid: int, subprocesses: bool) -> None:
+    """Refuses what would make gpuscope trace itself (its own PID, or an
+    ancestor when following descendants) or every process (PID 1)."""
+    fix = "give the training job's PID (`ps -ef`), or start it with `gpuscope run -- CMD`"
+    if pid == os.getpid():
+        raise CliError(f"PID {pid} is this gpuscope: it cannot trace itself; {fix}", EXIT_USAGE)
+    if not subprocesses:
+        return
+    if pid == 1:
+        raise CliError("PID 1 is the init process: following it and its descendants would "
+                       f"trace every process on the machine; {fix} (or --no-subprocesses to "
+                       "trace PID 1 alone)", EXIT_USAGE)
+    p, seen = os.getppid(), set()
+    while p > 1 and p not in seen:
+        if p == pid:
+            raise CliError(f"PID {pid} ({procfs.comm(pid)}) is an ancestor of this gpuscope: "
+                           f"following its descendants would trace gpuscope itself; {fix} "
+                           "(or --no-subprocesses)", EXIT_USAGE)
+        seen.add(p)
+        st = procfs.stat(p)
+        p = st.ppid if st else 0
+
+
+def check_command(name: str) -> None:
+    """What exec would say, in words: a path that is not there, a directory,
+    a file without execute permission; a bare name not on PATH."""
+    if "/" not in name:
+        if shutil.which(name) is None:
+            raise CliError(f"cannot run {name}: command not found (check the name, or give "
+                           "its path)", EXIT_USAGE)
+        return
+    if not os.path.exists(name):
+        raise CliError(f"cannot run {name}: no such file", EXIT_USAGE)
+    if os.path.isdir(name):
+        raise CliError(f"cannot run {name}: it is a directory", EXIT_USAGE)
+    if not os.access(name, os.X_OK) or not os.stat(name).st_mode & 0o111:
+        raise CliError(f"cannot run {name}: the file is not executable (chmod +x it, or run "
+                       "it through its interpreter, e.g. python FILE)", EXIT_USAGE)
+
+
 # -- commands ----------------------------------------------------------------
 
 def cmd_attach(args) -> int:
@@ -121,6 +161,7 @@ def cmd_attach(args) -> int:
     if not procfs.alive(pid):
         raise CliError(f"no running process with PID {pid} (check `ps -ef`, or start the "
                        "job under gpuscope with `gpuscope run -- CMD`)", EXIT_USAGE)
+    check_target(pid, args.subprocesses)
     check_privileges()
     cap = capture(CaptureOptions.from_args(args), pid)
     if cap is not None and cap.reason == "target exited during attach":
@@ -136,8 +177,7 @@ def cmd_run(args) -> int:
     check_privileges()
     if args.output:
         check_output(args.output)
-    if shutil.which(cmd[0]) is None:
-        raise CliError(f"cannot run {cmd[0]}: command not found", EXIT_USAGE)
+    check_command(cmd[0])
     # The child waits on a pipe until the probes are live, then execs CMD (same
     # PID), so the capture sees the job from its first instruction.
     r, w = os.pipe()
@@ -223,6 +263,7 @@ def cmd_view(args) -> int:
     import urllib.parse
 
     from gpuscope.viewer import create_app
+    from gpuscope.viewer.auth import guard, is_loopback, quiet_handler
 
     path = os.path.abspath(args.path)
     if os.path.isfile(path):
@@ -234,17 +275,24 @@ def cmd_view(args) -> int:
         directory, page = path, "/"
     else:
         raise CliError(f"no such file or directory: {args.path}", EXIT_USAGE)
+    token = view_token(args)
     app = create_app({"DATA_DIR": directory})
     try:
         from werkzeug.serving import make_server
 
-        server = make_server(args.host, args.port, app, threaded=True)
+        sock = listen(args.host, args.port)
+        server = make_server(args.host, args.port, guard(app.wsgi_app, token), threaded=True,
+                             fd=sock.fileno(), request_handler=quiet_handler())
     except OSError as e:
-        raise CliError(f"cannot listen on {args.host}:{args.port}: {e.strerror} "
-                       "(choose another port with --port)", EXIT_USAGE) from None
+        raise CliError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e} "
+                       "(choose another port with --port, or free this one)", EXIT_USAGE) from None
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"gpuscope: serving {directory} at http://{host}:{server.port}{page} "
-          "(Ctrl-C to stop)", flush=True)
+    if token is None and not is_loopback(args.host):
+        sys.stderr.write(f"gpuscope: warning: --no-auth: anyone who can reach {args.host} "
+                         "sees these captures' command lines, paths and stacks\n")
+    print(f"gpuscope: serving {directory} at http://{host}:{server.port}{page}"
+          + (" (open it once with ?token=<token> added)" if token else "")
+          + " (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -252,8 +300,49 @@ def cmd_view(args) -> int:
     return 0
 
 
+def view_token(args) -> str | None:
+    """A token is needed to serve beyond this machine: traces hold command
+    lines, paths and stacks. On loopback one is used only if given."""
+    from gpuscope.viewer.auth import is_loopback, read_token
+
+    try:
+        token = read_token(args.token_file)
+    except OSError as e:
+        raise CliError(f"cannot read --token-file {args.token_file}: {e.strerror}",
+                       EXIT_USAGE) from None
+    except ValueError:
+        raise CliError(f"--token-file {args.token_file} is empty", EXIT_USAGE) from None
+    if args.no_auth:
+        if token and args.token_file:
+            raise CliError("--no-auth given together with --token-file: choose one", EXIT_USAGE)
+        return None
+    if token is None and not is_loopback(args.host):
+        raise CliError(f"refusing to serve captures on {args.host} without a token (they hold "
+                       "command lines, paths and stacks): set GPUSCOPE_TOKEN or --token-file, "
+                       "or pass --no-auth to serve them to anyone who can reach it", EXIT_USAGE)
+    return token
+
+
+def listen(host: str, port: int):
+    """A listening socket bound here: werkzeug's own bind exits 1 in its own words."""
+    import socket
+
+    from werkzeug.serving import get_sockaddr, select_address_family
+
+    family = select_address_family(host, port)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(get_sockaddr(host, port, family))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="gpuscope", description="Live eBPF profiler for GPU "
+    ap = Parser(prog="gpuscope", description="Live eBPF profiler for GPU "
                                  "training jobs: attach by PID, get a Perfetto timeline.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("attach", help="attach to a running process")
@@ -274,7 +363,11 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("view", help="serve the web viewer for a directory of captures or a trace")
     p.add_argument("path", nargs="?", default=".", help="directory or .pftrace file (default: .)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    p.add_argument("--port", type=port, default=8765, help="port (default 8765; 0 picks a free one)")
+    p.add_argument("--token-file", metavar="FILE", help="require this token (default: the "
+                   "GPUSCOPE_TOKEN environment variable; needed unless --host is loopback)")
+    p.add_argument("--no-auth", action="store_true", help="serve a non-loopback --host "
+                   "without a token (anyone who can reach it sees the captures)")
     p.set_defaults(func=cmd_view)
     p = sub.add_parser("sidecar", add_help=False, help="run beside a training job (Kubernetes "
                        "pod): metrics, flight recorder, captures on request over HTTP")
