@@ -17,7 +17,6 @@ each change is a CounterSample on RATE_TRACK in the stream.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterable
@@ -25,7 +24,7 @@ from functools import partial
 
 from . import procfs
 from .events import CounterSample, Event, Frame, Loss, StackSample
-from .procmem import NoPermission, ProcessGone, ProcessMemory, ReadError
+from .procmem import NoPermission, ProcessGone, ProcessMemory, ReadError, denied_why
 from .pyruntime import NotPython, Runtime, UnsupportedVersion, find_runtime, runtime_for_child
 from .pystack import Walker
 from .source import Source, SourceError, SourceStats
@@ -74,7 +73,7 @@ class PythonSampler(Source):
         denied = [pid for pid in pids if self._attach(pid) == "denied"]
         if pids and len(denied) == len(pids):
             raise SourceError(f"cannot read the memory of pid {', '.join(map(str, denied))}: "
-                              "the Python sampler needs root or CAP_SYS_PTRACE "
+                              f"the Python sampler {denied_why()} "
                               "(process_vm_readv was refused)")
         self._started_at = self._level_since = time.monotonic()
         self._expected_before = 0.0
@@ -203,10 +202,7 @@ class PythonSampler(Source):
             walker = Walker(rt, mem)
             walker.interpreters()  # proves we can read it
         except (NoPermission, PermissionError):
-            self._notice(f"python sampler: pid {pid}: permission denied " + (
-                "(needs root or CAP_SYS_PTRACE)" if os.geteuid() else
-                "although gpuscope runs as root: the process holds capabilities gpuscope "
-                "lacks, or is in another user namespace, or a security module forbids it"))
+            self._notice(f"python sampler: pid {pid}: permission denied ({denied_why()})")
             return "denied"
         except NotPython as e:
             self._notice(f"python sampler: {e}; its Python frames are not sampled")
