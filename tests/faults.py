@@ -46,9 +46,13 @@ class Ticker:
         self.proc.stdin.write(cmd + "\n")
         self.proc.stdin.flush()
 
+    def lines(self) -> list[str]:
+        """The complete lines logged so far (the last may be mid-write)."""
+        text = self.log.read_text()
+        return text[: text.rfind("\n") + 1].splitlines()
+
     def ticks(self) -> list[int]:
-        return [int(ln.split()[1]) for ln in self.log.read_text().splitlines()
-                if ln.startswith("tick ")]
+        return [int(ln.split()[1]) for ln in self.lines() if ln.startswith("tick ")]
 
     def wait_ticks(self, more_than: int, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
