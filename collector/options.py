@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass
+from typing import NoReturn
 
 from gpuscope.probes.source import Source
 
@@ -16,7 +17,7 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a bad flag is one line (a CliError, exit 2) that says
     where the help is, not the usage block."""
 
-    def error(self, message: str):   # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         from .errors import EXIT_USAGE, CliError
 
         raise CliError(f"{message} (see `{self.prog} --help`)", EXIT_USAGE)
