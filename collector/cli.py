@@ -81,6 +81,9 @@ def capture(opts: CaptureOptions, pid: int, on_attached=None, command=None):
         if "deleted" in cap.error:
             raise CliError(f"{cap.error}: the capture stopped (keep the output directory "
                            "while capturing, or choose another path with -o)")
+        if not cap.error.startswith("cannot write"):
+            raise CliError(f"{cap.error}: the capture stopped early (a gpuscope bug: please "
+                           "report it with the summary)")
         raise CliError(f"{cap.error}: the capture stopped early; the trace is readable up to "
                        "there (free some space, or choose another path with -o)")
     return cap

@@ -93,9 +93,13 @@ class Session:
             if self.status:
                 self.status.done()
         captured = max(0.0, (self.t_stop or time.monotonic()) - self.t_live)
-        return rec.finish(self.stop_reason or "stopped", captured,
-                          p.stats(), p.processes, p.notices(), self.attach_s,
-                          overhead=self.budget.state() if self.budget is not None else None)
+        cap = rec.finish(self.stop_reason or "stopped", captured,
+                         p.stats(), p.processes, p.notices(), self.attach_s,
+                         overhead=self.budget.state() if self.budget is not None else None)
+        failed = p.failed.get(id(rec))
+        if failed is not None and not cap.error:   # not a write error: a bug, said as one
+            cap.error = f"writing {self.output} failed: {type(failed).__name__}: {failed}"
+        return cap
 
     def _check(self, p: Pipeline) -> None:
         rec = self.recording
