@@ -204,6 +204,10 @@ API = [
     ("GET", "/v1/captures/x/summary", None, {}, True, 404, "ids look like"),
     ("DELETE", "/v1/captures", None, {}, True, 405, "DELETE is not allowed"),
     ("GET", "/v1/nothing", None, {}, True, 404, "no such endpoint"),
+    ("GET", "/v1/target", None, {}, False, 401, "missing bearer token"),
+    ("POST", "/healthz", "{}", J, False, 405, "POST is not allowed"),
+    ("GET", "/metrics", None, {"Accept": "application/garbage;;q=x, */*;q=nan"}, False, 200, ""),
+    ("PUT", "/metrics", "x", {}, False, 405, "PUT is not allowed"),
     ("GET", "/viewer/", None, {}, False, 401, "?token=<token>"),
     ("GET", "/viewer/?token=wrong", None, {}, False, 401, "?token=<token>"),
     ("GET", "/viewer/", None, {"Cookie": f"{COOKIE}={TOKEN}"}, False, 401, "?token=<token>"),
@@ -230,7 +234,7 @@ def test_api(api, method, path, body, headers, auth, status, words):
     assert got == status, text[:500]
     assert "Traceback" not in text
     if status < 400:
-        json.loads(text)
+        assert not ctype.startswith("application/json") or json.loads(text) is not None
     elif ctype.startswith("application/json"):
         message = json.loads(text)["error"]
         assert "\n" not in message and words in message, message
