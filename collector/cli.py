@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import time
 from gpuscope.probes import procfs
 from gpuscope.probes.source import SourceError
 
+from .checks import check_command, check_output, check_target
 from .errors import EXIT_USAGE, CliError, check_privileges
 from .options import CaptureOptions, Parser, add_capture_flags, build_sources, port
 
@@ -22,22 +22,6 @@ _HOLD = ("import os, sys\nfd = int(sys.argv[1])\nos.read(fd, 1)\nos.close(fd)\n"
 
 def default_output(pid: int) -> str:
     return f"gpuscope-{pid}-{time.strftime('%Y%m%d-%H%M%S')}.pftrace"
-
-
-def check_output(path: str) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    if os.path.exists(path) and not os.path.isfile(path):
-        raise CliError(f"cannot write trace to {path}: not a regular file "
-                       "(give a file path with -o)", EXIT_USAGE)
-    if not os.path.isdir(d):
-        raise CliError(f"cannot write trace to {path}: directory {d} does not exist "
-                       "(create it, or choose another path with -o)", EXIT_USAGE)
-    try:
-        with open(path, "ab"):
-            pass
-    except OSError as e:
-        raise CliError(f"cannot write trace to {path}: {e.strerror} "
-                       "(choose another path with -o)", EXIT_USAGE) from None
 
 
 def capture(opts: CaptureOptions, pid: int, on_attached=None, command=None):
@@ -115,46 +99,6 @@ def report(cap) -> None:
         err.write(render(cap.summary))
     err.write(f"  trace:   {cap.trace} ({size / 1e6:.1f} MB) — open in ui.perfetto.dev\n")
     err.write(f"  summary: {cap.summary_path or 'not written'}\n")
-
-
-def check_target(pid: int, subprocesses: bool) -> None:
-    """Refuses what would make gpuscope trace itself (its own PID, or an
-    ancestor when following descendants) or every process (PID 1)."""
-    fix = "give the training job's PID (`ps -ef`), or start it with `gpuscope run -- CMD`"
-    if pid == os.getpid():
-        raise CliError(f"PID {pid} is this gpuscope: it cannot trace itself; {fix}", EXIT_USAGE)
-    if not subprocesses:
-        return
-    if pid == 1:
-        raise CliError("PID 1 is the init process: following it and its descendants would "
-                       f"trace every process on the machine; {fix} (or --no-subprocesses to "
-                       "trace PID 1 alone)", EXIT_USAGE)
-    p, seen = os.getppid(), set()
-    while p > 1 and p not in seen:
-        if p == pid:
-            raise CliError(f"PID {pid} ({procfs.comm(pid)}) is an ancestor of this gpuscope: "
-                           f"following its descendants would trace gpuscope itself; {fix} "
-                           "(or --no-subprocesses)", EXIT_USAGE)
-        seen.add(p)
-        st = procfs.stat(p)
-        p = st.ppid if st else 0
-
-
-def check_command(name: str) -> None:
-    """What exec would say, in words: a path that is not there, a directory,
-    a file without execute permission; a bare name not on PATH."""
-    if "/" not in name:
-        if shutil.which(name) is None:
-            raise CliError(f"cannot run {name}: command not found (check the name, or give "
-                           "its path)", EXIT_USAGE)
-        return
-    if not os.path.exists(name):
-        raise CliError(f"cannot run {name}: no such file", EXIT_USAGE)
-    if os.path.isdir(name):
-        raise CliError(f"cannot run {name}: it is a directory", EXIT_USAGE)
-    if not os.access(name, os.X_OK) or not os.stat(name).st_mode & 0o111:
-        raise CliError(f"cannot run {name}: the file is not executable (chmod +x it, or run "
-                       "it through its interpreter, e.g. python FILE)", EXIT_USAGE)
 
 
 # -- commands ----------------------------------------------------------------
