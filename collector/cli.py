@@ -108,7 +108,8 @@ def cmd_attach(args) -> int:
     if not procfs.alive(pid):
         raise CliError(f"no running process with PID {pid} (check `ps -ef`, or start the "
                        "job under gpuscope with `gpuscope run -- CMD`)", EXIT_USAGE)
-    check_target(pid, args.subprocesses)
+    if not args.ebpf:   # --ebpf only prints the program: any PID will do
+        check_target(pid, args.subprocesses)
     check_privileges()
     cap = capture(CaptureOptions.from_args(args), pid)
     if cap is not None and cap.reason == "target exited during attach":
