@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -13,8 +12,9 @@ import time
 from gpuscope.probes import procfs
 from gpuscope.probes.source import SourceError
 
+from .checks import check_command, check_output, check_target
 from .errors import EXIT_USAGE, CliError, check_privileges
-from .options import CaptureOptions, add_capture_flags, build_sources
+from .options import CaptureOptions, Parser, add_capture_flags, build_sources, port
 
 _HOLD = ("import os, sys\nfd = int(sys.argv[1])\nos.read(fd, 1)\nos.close(fd)\n"
          "os.execvp(sys.argv[2], sys.argv[2:])")
@@ -22,19 +22,6 @@ _HOLD = ("import os, sys\nfd = int(sys.argv[1])\nos.read(fd, 1)\nos.close(fd)\n"
 
 def default_output(pid: int) -> str:
     return f"gpuscope-{pid}-{time.strftime('%Y%m%d-%H%M%S')}.pftrace"
-
-
-def check_output(path: str) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(d):
-        raise CliError(f"cannot write trace to {path}: directory {d} does not exist "
-                       "(create it, or choose another path with -o)", EXIT_USAGE)
-    try:
-        with open(path, "ab"):
-            pass
-    except OSError as e:
-        raise CliError(f"cannot write trace to {path}: {e.strerror} "
-                       "(choose another path with -o)", EXIT_USAGE) from None
 
 
 def capture(opts: CaptureOptions, pid: int, on_attached=None, command=None):
@@ -74,6 +61,15 @@ def capture(opts: CaptureOptions, pid: int, on_attached=None, command=None):
             os.unlink(output)  # nothing but the clock snapshot
         raise CliError(str(e)) from None
     report(cap)
+    if cap.error:
+        if "deleted" in cap.error:
+            raise CliError(f"{cap.error}: the capture stopped (keep the output directory "
+                           "while capturing, or choose another path with -o)")
+        if not cap.error.startswith("cannot write"):
+            raise CliError(f"{cap.error}: the capture stopped early (a gpuscope bug: please "
+                           "report it with the summary)")
+        raise CliError(f"{cap.error}: the capture stopped early; the trace is readable up to "
+                       "there (free some space, or choose another path with -o)")
     return cap
 
 
@@ -102,7 +98,7 @@ def report(cap) -> None:
 
         err.write(render(cap.summary))
     err.write(f"  trace:   {cap.trace} ({size / 1e6:.1f} MB) — open in ui.perfetto.dev\n")
-    err.write(f"  summary: {cap.summary_path}\n")
+    err.write(f"  summary: {cap.summary_path or 'not written'}\n")
 
 
 # -- commands ----------------------------------------------------------------
@@ -112,6 +108,8 @@ def cmd_attach(args) -> int:
     if not procfs.alive(pid):
         raise CliError(f"no running process with PID {pid} (check `ps -ef`, or start the "
                        "job under gpuscope with `gpuscope run -- CMD`)", EXIT_USAGE)
+    if not args.ebpf:   # --ebpf only prints the program: any PID will do
+        check_target(pid, args.subprocesses)
     check_privileges()
     cap = capture(CaptureOptions.from_args(args), pid)
     if cap is not None and cap.reason == "target exited during attach":
@@ -127,8 +125,7 @@ def cmd_run(args) -> int:
     check_privileges()
     if args.output:
         check_output(args.output)
-    if shutil.which(cmd[0]) is None:
-        raise CliError(f"cannot run {cmd[0]}: command not found", EXIT_USAGE)
+    check_command(cmd[0])
     # The child waits on a pipe until the probes are live, then execs CMD (same
     # PID), so the capture sees the job from its first instruction.
     r, w = os.pipe()
@@ -153,23 +150,28 @@ def cmd_run(args) -> int:
 def cmd_report(args) -> int:
     import json
 
-    from .replay import TraceError, events, target_pid
+    from .replay import TraceError, events, target_pid, truncation
     from .stalls import StallAnalysis
     from .verdict import render
 
     summary_path = os.path.splitext(args.trace)[0] + ".summary.json"
+    summary = None
     try:
         with open(summary_path) as f:
-            pid = json.load(f)["target"]["pid"]
-    except (OSError, ValueError, KeyError):
+            summary = json.load(f)
+        pid = summary["target"]["pid"]
+        if not isinstance(pid, int):
+            raise ValueError(pid)
+    except (OSError, ValueError, KeyError, TypeError):
         pid = None
+    seen: dict = {}
     try:
         pid = pid or target_pid(args.trace)
         if pid is None:
             raise CliError(f"{args.trace} holds no process: not a gpuscope trace?", EXIT_USAGE)
         analysis = StallAnalysis(pid)
         batch = []
-        for ev in events(args.trace):
+        for ev in events(args.trace, seen):
             batch.append(ev)
             if len(batch) >= 4096:
                 analysis.feed(batch)
@@ -178,10 +180,16 @@ def cmd_report(args) -> int:
     except TraceError as e:
         raise CliError(f"{e} (give the .pftrace written by gpuscope attach/run)", EXIT_USAGE) from None
     result = analysis.result()
+    cut = truncation(args.trace, seen, summary if isinstance(summary, dict) else None)
+    if cut:
+        result = {**result, "truncated": cut}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         sys.stdout.write(render(result))
+    if cut:
+        sys.stderr.write(f"gpuscope: note: {args.trace} is truncated: {cut}; the verdict "
+                         "covers only what it holds\n")
     return 0
 
 
@@ -203,6 +211,7 @@ def cmd_view(args) -> int:
     import urllib.parse
 
     from gpuscope.viewer import create_app
+    from gpuscope.viewer.auth import guard, is_loopback, quiet_handler
 
     path = os.path.abspath(args.path)
     if os.path.isfile(path):
@@ -214,17 +223,24 @@ def cmd_view(args) -> int:
         directory, page = path, "/"
     else:
         raise CliError(f"no such file or directory: {args.path}", EXIT_USAGE)
+    token = view_token(args)
     app = create_app({"DATA_DIR": directory})
     try:
         from werkzeug.serving import make_server
 
-        server = make_server(args.host, args.port, app, threaded=True)
+        sock = listen(args.host, args.port)
+        server = make_server(args.host, args.port, guard(app.wsgi_app, token), threaded=True,
+                             fd=sock.fileno(), request_handler=quiet_handler())
     except OSError as e:
-        raise CliError(f"cannot listen on {args.host}:{args.port}: {e.strerror} "
-                       "(choose another port with --port)", EXIT_USAGE) from None
+        raise CliError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e} "
+                       "(choose another port with --port, or free this one)", EXIT_USAGE) from None
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"gpuscope: serving {directory} at http://{host}:{server.port}{page} "
-          "(Ctrl-C to stop)", flush=True)
+    if token is None and not is_loopback(args.host):
+        sys.stderr.write(f"gpuscope: warning: --no-auth: anyone who can reach {args.host} "
+                         "sees these captures' command lines, paths and stacks\n")
+    print(f"gpuscope: serving {directory} at http://{host}:{server.port}{page}"
+          + (" (open it once with ?token=<token> added)" if token else "")
+          + " (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -232,8 +248,49 @@ def cmd_view(args) -> int:
     return 0
 
 
+def view_token(args) -> str | None:
+    """A token is needed to serve beyond this machine: traces hold command
+    lines, paths and stacks. On loopback one is used only if given."""
+    from gpuscope.viewer.auth import is_loopback, read_token
+
+    try:
+        token = read_token(args.token_file)
+    except OSError as e:
+        raise CliError(f"cannot read --token-file {args.token_file}: {e.strerror}",
+                       EXIT_USAGE) from None
+    except ValueError:
+        raise CliError(f"--token-file {args.token_file} is empty", EXIT_USAGE) from None
+    if args.no_auth:
+        if token and args.token_file:
+            raise CliError("--no-auth given together with --token-file: choose one", EXIT_USAGE)
+        return None
+    if token is None and not is_loopback(args.host):
+        raise CliError(f"refusing to serve captures on {args.host} without a token (they hold "
+                       "command lines, paths and stacks): set GPUSCOPE_TOKEN or --token-file, "
+                       "or pass --no-auth to serve them to anyone who can reach it", EXIT_USAGE)
+    return token
+
+
+def listen(host: str, port: int):
+    """A listening socket bound here: werkzeug's own bind exits 1 in its own words."""
+    import socket
+
+    from werkzeug.serving import get_sockaddr, select_address_family
+
+    family = select_address_family(host, port)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(get_sockaddr(host, port, family))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="gpuscope", description="Live eBPF profiler for GPU "
+    ap = Parser(prog="gpuscope", description="Live eBPF profiler for GPU "
                                  "training jobs: attach by PID, get a Perfetto timeline.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("attach", help="attach to a running process")
@@ -254,7 +311,11 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("view", help="serve the web viewer for a directory of captures or a trace")
     p.add_argument("path", nargs="?", default=".", help="directory or .pftrace file (default: .)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    p.add_argument("--port", type=port, default=8765, help="port (default 8765; 0 picks a free one)")
+    p.add_argument("--token-file", metavar="FILE", help="require this token (default: the "
+                   "GPUSCOPE_TOKEN environment variable; needed unless --host is loopback)")
+    p.add_argument("--no-auth", action="store_true", help="serve a non-loopback --host "
+                   "without a token (anyone who can reach it sees the captures)")
     p.set_defaults(func=cmd_view)
     p = sub.add_parser("sidecar", add_help=False, help="run beside a training job (Kubernetes "
                        "pod): metrics, flight recorder, captures on request over HTTP")

@@ -119,8 +119,13 @@ class IndexedWriter:
         self._commit()
 
     def close(self) -> None:
-        self.w.close()
-        self._commit(final=True)
+        try:
+            self.w.close()
+        finally:
+            if self.w.error is not None:   # records past the written bytes: the viewer reindexes
+                self._drop(self.w.error)
+            else:
+                self._commit(final=True)
 
     def _commit(self, final: bool = False) -> None:
         ix = self.ix

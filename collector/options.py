@@ -8,8 +8,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass
+from typing import NoReturn
 
 from gpuscope.probes.source import Source
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line (a CliError, exit 2) that says
+    where the help is, not the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        from .errors import EXIT_USAGE, CliError
+
+        raise CliError(f"{message} (see `{self.prog} --help`)", EXIT_USAGE)
 
 
 @dataclass(frozen=True)
@@ -46,11 +57,11 @@ def add_probe_flags(p: argparse.ArgumentParser, d: CaptureOptions = CaptureOptio
     why = f": {cheaper}" if cheaper else ""
     p.add_argument("--sched", action=argparse.BooleanOptionalAction, default=d.sched,
                    help="trace off-CPU waits (default on)")
-    p.add_argument("--min-offcpu-us", type=int, default=d.min_offcpu_us,
+    p.add_argument("--min-offcpu-us", type=non_negative_int, default=d.min_offcpu_us,
                    help=f"shortest off-CPU wait to record, µs (default {d.min_offcpu_us}{why})")
     p.add_argument("--python", action=argparse.BooleanOptionalAction, default=d.python,
                    help="sample every thread's Python stack (default on; needed for the verdict)")
-    p.add_argument("-r", "--rate", type=float, default=d.rate,
+    p.add_argument("-r", "--rate", type=positive, default=d.rate,
                    help=f"Python stack samples per second (default {d.rate:g}{why})")
     p.add_argument("--cuda", action=argparse.BooleanOptionalAction, default=d.cuda,
                    help="trace CUDA runtime and driver calls (default on)")
@@ -61,13 +72,61 @@ def add_probe_flags(p: argparse.ArgumentParser, d: CaptureOptions = CaptureOptio
                    "passes: exact step boundaries (default on)")
     p.add_argument("--nvml", action=argparse.BooleanOptionalAction, default=d.nvml,
                    help="poll NVML GPU counters (default on)")
-    p.add_argument("--nvml-hz", type=float, default=d.nvml_hz,
+    p.add_argument("--nvml-hz", type=positive, default=d.nvml_hz,
                    help=f"NVML polling rate, per second (default {d.nvml_hz:g}{why})")
     p.add_argument("--max-overhead", type=_percent, default=d.max_overhead, metavar="PCT",
                    help="CPU gpuscope may take, %% of the whole machine (its own threads and "
                    "its BPF programs); above it gpuscope lowers its sampling rate and event "
                    f"detail, and restores them when it can (default {d.max_overhead:g}; "
                    "100: never lower)")
+
+
+def seconds(text: str) -> float:
+    """A duration: finite and > 0 (`nan` would never end, 0 and below never start)."""
+    return positive(text, "a duration in seconds, > 0")
+
+
+def positive(text: str, what: str = "a number > 0") -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not 0 < v < float("inf"):   # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    return v
+
+
+def non_negative(text: str) -> float:
+    """0 allowed (turns a feature off), nan and inf not."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not 0 <= v < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number >= 0")
+    return v
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return v
+
+
+def port(text: str) -> int:
+    """A TCP port, 0 (any free one) to 65535."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if not 0 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535; 0 picks "
+                                         "a free one)")
+    return v
 
 
 def _percent(text: str) -> float:
@@ -82,7 +141,7 @@ def _percent(text: str) -> float:
 
 def add_capture_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", help="trace file (.pftrace); default gpuscope-PID-TIME.pftrace")
-    p.add_argument("-d", "--duration", type=float, help="seconds to capture (default: until "
+    p.add_argument("-d", "--duration", type=seconds, help="seconds to capture (default: until "
                    "Ctrl-C or the target exits)")
     p.add_argument("--subprocesses", action=argparse.BooleanOptionalAction, default=True,
                    help="follow child processes: DataLoader workers, ranks (default on)")

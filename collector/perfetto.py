@@ -97,6 +97,7 @@ class TraceWriter:
         self.flush_bytes = flush_bytes
         self.bytes_written = 0
         self.packets = 0
+        self.error: OSError | None = None  # the write that failed (disk full, EIO): no more writes
         # uuid -> encoded prefixes (begin, end, instant, counter) and two lengths
         self._tracks: dict[int, tuple[bytes, bytes, bytes, bytes, int, int]] = {}
         self._names: dict[str, bytes] = {}       # event name -> encoded name_iid field
@@ -125,19 +126,32 @@ class TraceWriter:
             self.flush()
 
     def flush(self) -> None:
-        """Write whole packets only, in as few write() calls as the kernel allows."""
+        """Write whole packets only, in as few write() calls as the kernel allows.
+        After a failed write nothing more is written (the file may end in a
+        torn packet, which readers skip; more after it would be garbage)."""
+        if self.error is not None:
+            self.buf = bytearray()
+            return
         view = memoryview(self.buf)
-        while view:
-            n = os.write(self.fd, view)
-            view = view[n:]
-            self.bytes_written += n
-        self.buf = bytearray()  # no fsync: the page cache survives a killed collector
+        try:
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+                self.bytes_written += n
+        except OSError as e:
+            self.error = e
+            raise
+        finally:
+            view.release()
+            self.buf = bytearray()  # no fsync: the page cache survives a killed collector
 
     def close(self) -> None:
         if self.fd >= 0:
-            self.flush()
-            os.close(self.fd)
-            self.fd = -1
+            try:
+                self.flush()
+            finally:
+                os.close(self.fd)
+                self.fd = -1
 
     def _clock_snapshot(self) -> None:
         """Ties MONOTONIC (our timestamps) to BOOTTIME and REALTIME, and makes

@@ -41,6 +41,7 @@ class Capture:
     processes: list[int] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
+    error: str = ""     # why the trace stopped being written early (disk full), if it did
 
 
 class Recording:
@@ -90,10 +91,36 @@ class Recording:
                 except Exception as e:  # the trace must still be finished
                     self.notices.append(f"stall analysis failed: {e}")
             self.timeline.close()
+        except OSError:
+            pass   # a write failed: self.error says which; what was flushed stays readable
         finally:
-            self.writer.close()
+            try:
+                self.writer.close()
+            except OSError:
+                pass
             if self.writer.index_error:
                 self.notices.append(self.writer.index_error)
+
+    @property
+    def error(self) -> str | None:
+        """Why the trace stopped being written (disk full, I/O error, the file
+        or its directory removed), if it did."""
+        e = self.writer.error
+        if e is not None:
+            return f"cannot write {self.output}: {e.strerror or e}"
+        return self._removed
+
+    _removed: str | None = None
+
+    def check_output(self) -> None:
+        """Notices a trace file deleted under us (writes to it would all be lost)."""
+        try:
+            gone = self.writer.fd >= 0 and os.fstat(self.writer.fd).st_nlink == 0
+        except OSError:
+            gone = False
+        if gone and self._removed is None:
+            self._removed = (f"the trace file {self.output} was deleted during the capture "
+                             "(or its directory removed)")
 
     def finish(self, reason: str, duration_s: float, stats: SourceStats, processes,
                notices: list[str], attach_s: float = 0.0, overhead: dict | None = None) -> Capture:
@@ -108,9 +135,19 @@ class Recording:
                       lost=lost, aggregated=dict(stats.aggregated),
                       processes=sorted(processes),
                       notices=list(notices) + self.notices)
-        cap.summary = write_summary(cap, pid=self.pid, command=self.command,
-                                    writer=self.writer, attach_s=attach_s,
-                                    counts=self.counts, result=self.result, overhead=overhead)
+        if self.error:
+            cap.error = self.error
+            cap.notices.append(self.error if self._removed else
+                               f"{self.error}; the trace holds what was written before "
+                               f"({self.writer.bytes_written} bytes)")
+        try:
+            cap.summary = write_summary(cap, pid=self.pid, command=self.command,
+                                        writer=self.writer, attach_s=attach_s,
+                                        counts=self.counts, result=self.result,
+                                        overhead=overhead)
+        except OSError as e:   # the same full disk, most likely: the capture still reports
+            cap.notices.append(f"summary not written ({cap.summary_path}): {e.strerror or e}")
+            cap.summary_path = ""
         return cap
 
 

@@ -4,24 +4,32 @@ Decoding is tracereader's; this only maps its records onto events."""
 
 from __future__ import annotations
 
+import os
+
 from gpuscope.probes.events import Instant, Span, StackSample, ThreadName
 
 from .tracereader import BEGIN, END, INSTANT, TRACK, TraceError, read, read_chunks
 
-__all__ = ["TraceError", "events", "target_pid"]
+__all__ = ["TraceError", "events", "target_pid", "truncation"]
 
 # Track titles (timeline.CATEGORY_TITLE) back to event categories.
 _CATS = {"IO": "io", "Off-CPU": "sched", "CUDA": "cuda", "NCCL": "nccl", "PyTorch": "torch"}
 
 
-def events(path: str):
+def events(path: str, seen: dict | None = None):
     """Yields the analysable events of a trace (spans, samples, names, process
-    instants) in file order."""
+    instants) in file order. `seen`, if given, is filled with how far the
+    whole records went ("end", bytes) and how many slices never ended
+    ("open"): a finished capture ends every slice it began."""
     tracks: dict = {}
     threads: dict[int, tuple[int, int]] = {}
     procs: dict[int, int] = {}
     open_: dict[int, list] = {}
-    for _, recs in read(path):
+    if seen is not None:
+        seen.update(end=0, open=0)
+    for end, recs in read(path):
+        if seen is not None:
+            seen["end"] = end
         for r in recs:
             kind = r[0]
             if kind == END:
@@ -60,6 +68,27 @@ def events(path: str):
                     yield ThreadName(t.pid, t.tid, 0, t.name)
                 elif t.kind == "process":
                     procs[t.uuid] = t.pid
+    if seen is not None:
+        seen["open"] = sum(len(v) for v in open_.values())
+
+
+def truncation(path: str, seen: dict, summary: dict | None) -> str | None:
+    """Why the trace is not the whole capture, if it is not: a torn last
+    record, the summary's own size or stop reason, slices left open."""
+    size = os.path.getsize(path)
+    if seen["end"] < size:
+        return f"its last record is cut off at byte {seen['end']} of {size}"
+    if summary:
+        if summary.get("stop_reason") == "trace not writable":
+            return "the capture could not write all of it (" + "; ".join(
+                n for n in summary.get("notices", []) if "cannot write" in n or "deleted" in n
+            ) + ")"
+        if isinstance(summary.get("trace_bytes"), int) and summary["trace_bytes"] > size:
+            return f"it holds {size} of the {summary['trace_bytes']} bytes its summary counts"
+    if seen["open"]:
+        return (f"{seen['open']} slice(s) never ended: the capture did not finish "
+                "(killed, or its disk filled up)")
+    return None
 
 
 def target_pid(path: str) -> int | None:

@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Iterable
 
-from gpuscope.probes import procfs
+from gpuscope.probes import fsnames, procfs
 from gpuscope.probes.source import Source
 
 from .pipeline import FLUSH_EVERY_S, REORDER_NS, Consumer, Pipeline
@@ -30,7 +30,8 @@ class Session:
         self.output = output
         self.duration = duration
         self.status = status
-        self.command = command or procfs.cmdline(pid)
+        # `run`'s argv as the os module decoded it; /proc's is escaped by procfs
+        self.command = [fsnames.from_os(a) for a in command] if command else procfs.cmdline(pid)
         self.analysis = analysis      # the stall analysis, fed by the recording
         self.consumers = list(consumers)  # more consumers of the stream (e.g. a viewer index)
         self.budget = budget          # the overhead budget (budget.PipelineBudget), ticked once a second
@@ -79,6 +80,7 @@ class Session:
             if on_attached:
                 on_attached(self)
             p.on_tick(self._check, every_s=0)
+            p.on_tick(lambda _p: rec.check_output(), every_s=1.0)
             if self.budget is not None:
                 p.on_tick(self.budget, every_s=1.0)
             if self.status:
@@ -91,12 +93,19 @@ class Session:
             if self.status:
                 self.status.done()
         captured = max(0.0, (self.t_stop or time.monotonic()) - self.t_live)
-        return rec.finish(self.stop_reason or "stopped", captured,
-                          p.stats(), p.processes, p.notices(), self.attach_s,
-                          overhead=self.budget.state() if self.budget is not None else None)
+        cap = rec.finish(self.stop_reason or "stopped", captured,
+                         p.stats(), p.processes, p.notices(), self.attach_s,
+                         overhead=self.budget.state() if self.budget is not None else None)
+        failed = p.failed.get(id(rec))
+        if failed is not None and not cap.error:   # not a write error: a bug, said as one
+            cap.error = f"writing {self.output} failed: {type(failed).__name__}: {failed}"
+        return cap
 
-    def _check(self, _p: Pipeline) -> None:
-        if self.duration is not None and time.monotonic() - self.t_live >= self.duration:
+    def _check(self, p: Pipeline) -> None:
+        rec = self.recording
+        if rec is not None and (rec.error or id(rec) in p.failed):
+            self.request_stop("trace not writable")   # a disk full: stop, keep what was written
+        elif self.duration is not None and time.monotonic() - self.t_live >= self.duration:
             self.request_stop("duration")
         elif not procfs.alive(self.pid):
             self.request_stop("target exited")

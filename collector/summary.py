@@ -38,7 +38,14 @@ def write_summary(cap, *, pid: int, command: list[str], writer, attach_s: float,
     # The stall analysis: verdict, steps, stall_frames, main_wait_frames, top_files.
     doc.update(result or {})
     tmp = cap.summary_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=2, sort_keys=True)
-    os.replace(tmp, cap.summary_path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(doc, f, indent=2, sort_keys=True)
+        os.replace(tmp, cap.summary_path)
+    except OSError:
+        try:
+            os.unlink(tmp)   # half a summary helps no one, and holds the space
+        except OSError:
+            pass
+        raise
     return doc

@@ -13,7 +13,7 @@ import ctypes as ct
 import errno
 import os
 
-from . import procfs
+from . import fsnames, procfs
 from .events import IO, Event, Span
 from .kernel import BPF_NOEXIST, Probe, bcc_module, tracepoint_exists
 from .ringbuf import event_class, struct_of
@@ -130,7 +130,7 @@ class IoProbe(Probe):
                 args["fds" if len(fds) == 2 else "fd"] = (
                     f"{int(fds[0])},{int(fds[1])}" if len(fds) == 2 else ret)
         elif kind in _PATH_KINDS:
-            path = self._resolve(pid, fd, raw[self.head.size:].split(b"\0", 1)[0].decode("utf-8", "replace"))
+            path = self._resolve(pid, fd, fsnames.text(raw[self.head.size:].split(b"\0", 1)[0]))
             args["path"] = path
             if kind in _OPENS and ret >= 0:
                 self._table(pid)[ret] = path

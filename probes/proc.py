@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from . import procfs
+from . import fsnames, procfs
 from .events import PROC, Event, Instant, ThreadName
 from .kernel import Probe, tracepoint_exists
 from .ringbuf import event_class, struct_of
@@ -15,7 +15,7 @@ FORK, THREAD, EXEC, EXIT, RENAME = 1, 2, 3, 4, 5
 
 
 def _s(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+    return fsnames.text(raw.split(b"\0", 1)[0])
 
 
 class ProcProbe(Probe):

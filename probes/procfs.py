@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
+from . import fsnames
+
 PROC = "/proc"
 
 
@@ -80,7 +82,7 @@ def parse_stat(raw: bytes) -> Stat | None:
     if not sep or not sep2 or len(f) < 37:
         return None
     try:
-        return Stat(int(pid), name.decode("utf-8", "replace"), f[0].decode(), int(f[1]),
+        return Stat(int(pid), fsnames.text(name), f[0].decode(), int(f[1]),
                     int(f[2]), int(f[3]), int(f[6]), int(f[7]), int(f[9]), int(f[11]),
                     int(f[12]), int(f[17]), int(f[19]), int(f[20]), int(f[21]), int(f[36]))
     except ValueError:
@@ -125,12 +127,12 @@ def status(pid: int | str, tid: int | None = None, proc: str = PROC) -> dict[str
 
 
 def comm(pid: int, tid: int | None = None) -> str:
-    return (read_text(_task(pid, tid, "comm")) or "").strip()
+    return fsnames.text((read_bytes(_task(pid, tid, "comm")) or b"").rstrip(b"\n"))
 
 
 def cmdline(pid: int) -> list[str]:
-    raw = read_text(f"/proc/{pid}/cmdline") or ""
-    return [a for a in raw.split("\0") if a]
+    raw = read_bytes(f"/proc/{pid}/cmdline") or b""
+    return [fsnames.text(a) for a in raw.split(b"\0") if a]
 
 
 def pids(proc: str = PROC) -> list[int]:
@@ -171,8 +173,9 @@ def descendants(pid: int) -> list[int]:
 
 
 def fd_path(pid: int, fd: int) -> str | None:
+    """What the fd is, as a name for the trace (fsnames.text), not to open."""
     try:
-        return os.readlink(f"/proc/{pid}/fd/{fd}")
+        return fsnames.text(os.readlink(f"/proc/{pid}/fd/{fd}".encode()))
     except OSError:
         return None
 
@@ -191,8 +194,9 @@ def fd_table(pid: int) -> dict[int, str]:
 
 
 def cwd(pid: int) -> str | None:
+    """As a name for the trace (fsnames.text): relative paths are joined to it."""
     try:
-        return os.readlink(f"/proc/{pid}/cwd")
+        return fsnames.text(os.readlink(f"/proc/{pid}/cwd".encode()))
     except OSError:
         return None
 

@@ -48,14 +48,22 @@ class ProcessGone(ReadError):
     """The target process no longer exists (ESRCH)."""
 
 
+def denied_why() -> str:
+    """Why process_vm_readv was refused, as far as can be told from here."""
+    if os.geteuid():
+        return "needs root or CAP_SYS_PTRACE"
+    return ("refused although gpuscope runs as root: the process holds capabilities gpuscope "
+            "lacks, is in another user namespace, or a security module forbids it")
+
+
 class NoPermission(ReadError):
     """EPERM: the caller may not read this process."""
 
     def __init__(self, pid: int):
         super().__init__(
             errno.EPERM,
-            f"process_vm_readv on pid {pid}: permission denied — "
-            "gpuscope needs root or CAP_SYS_PTRACE to read Python stacks",
+            f"process_vm_readv on pid {pid}: permission denied — reading Python stacks "
+            + denied_why(),
         )
 
 

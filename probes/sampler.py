@@ -28,7 +28,7 @@ from functools import partial
 
 from . import procfs, pyperf
 from .events import CounterSample, Event, Loss, StackSample
-from .procmem import NoPermission, ProcessGone, ProcessMemory, ReadError
+from .procmem import NoPermission, ProcessGone, ProcessMemory, ReadError, denied_why
 from .pyruntime import NotPython, Runtime, UnsupportedVersion, find_runtime, runtime_for_child
 from .pystack import Walker, dump, python_version
 from .source import Source, SourceError, SourceStats
@@ -79,7 +79,7 @@ class PythonSampler(Source):
         denied = [pid for pid in pids if self._attach(pid) == "denied"]
         if pids and len(denied) == len(pids):
             raise SourceError(f"cannot read the memory of pid {', '.join(map(str, denied))}: "
-                              "the Python sampler needs root or CAP_SYS_PTRACE "
+                              f"the Python sampler {denied_why()} "
                               "(process_vm_readv was refused)")
         self._started_at = self._level_since = time.monotonic()
         self._expected_before = 0.0
@@ -227,8 +227,7 @@ class PythonSampler(Source):
             walker = Walker(rt, mem)
             walker.interpreters()  # proves we can read it
         except (NoPermission, PermissionError):
-            self._notice(f"python sampler: pid {pid}: permission denied "
-                         "(needs root or CAP_SYS_PTRACE)")
+            self._notice(f"python sampler: pid {pid}: permission denied ({denied_why()})")
             return "denied"
         except NotPython as e:
             self._notice(f"python sampler: {e}; its Python frames are not sampled")

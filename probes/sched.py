@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 
+from . import fsnames
 from .events import SCHED, Event, Span
 from .kernel import Probe
 
@@ -42,6 +43,6 @@ class SchedProbe(Probe):
         if wakeup:
             args["waker_pid"] = waker_pid
             args["waker_tid"] = waker_tid
-            args["waker"] = comm.split(b"\0", 1)[0].decode("utf-8", "replace")
+            args["waker"] = fsnames.text(comm.split(b"\0", 1)[0])
             args["runq_delay_us"] = round((end - wakeup) / 1000, 1)
         out.append(Span(SCHED, name, pid, tid, start, end, args))

@@ -189,42 +189,16 @@ def create_app(sidecar, token: str | None, metrics_auth: bool = False) -> Flask:
 
 def with_viewer(app: Flask, captures_dir: str, token: str | None, log) -> object:
     """Mounts gpuscope's web viewer under /viewer/ when it can be imported; the
-    same token is required (header, or ?token= once, which sets a cookie)."""
+    same token is required (header, or ?token= once, which sets a cookie; viewer/auth.py)."""
     try:
         from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
         from gpuscope.viewer import create_app as viewer_app
+        from gpuscope.viewer.auth import guard
 
         viewer = viewer_app({"DATA_DIR": captures_dir,
                              "CACHE_DIR": os.path.join(captures_dir, ".viewer-cache")})
     except Exception as e:  # not finished, or broken: the API still runs
         log(f"viewer not mounted: {type(e).__name__}: {e}")
         return app.wsgi_app
-    return DispatcherMiddleware(app.wsgi_app, {"/viewer": _guard(viewer.wsgi_app, token)})
-
-
-def _guard(wsgi, token: str | None):
-    if token is None:
-        return wsgi
-    from werkzeug.wrappers import Request
-    from werkzeug.wrappers import Response as WResponse
-
-    def app(environ, start_response):
-        req = Request(environ)
-        given = req.args.get("token")
-        if given and hmac.compare_digest(given.encode(), token.encode()):
-            resp = WResponse(status=303, headers={"Location": req.base_url})
-            resp.set_cookie("gpuscope_token", token, httponly=True, samesite="Strict",
-                            path=environ.get("SCRIPT_NAME", "/") or "/")
-            return resp(environ, start_response)
-        auth = req.headers.get("Authorization", "")
-        cookie = req.cookies.get("gpuscope_token", "")
-        if (auth.startswith("Bearer ") and hmac.compare_digest(auth[7:].strip().encode(),
-                                                                token.encode())) or \
-                (cookie and hmac.compare_digest(cookie.encode(), token.encode())):
-            return wsgi(environ, start_response)
-        resp = WResponse("viewer: open /viewer/?token=<token> once, or send a bearer token\n",
-                         status=401, headers={"WWW-Authenticate": 'Bearer realm="gpuscope"'})
-        return resp(environ, start_response)
-
-    return app
+    return DispatcherMiddleware(app.wsgi_app, {"/viewer": guard(viewer.wsgi_app, token)})

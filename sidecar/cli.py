@@ -18,7 +18,15 @@ import threading
 import time
 
 from gpuscope.collector.errors import EXIT_USAGE, CliError, check_privileges
-from gpuscope.collector.options import CaptureOptions, add_probe_flags, build_sources
+from gpuscope.collector.options import (
+    CaptureOptions,
+    Parser,
+    add_probe_flags,
+    build_sources,
+    non_negative,
+    non_negative_int,
+    positive,
+)
 
 DEFAULT_LISTEN = "0.0.0.0:9400"
 DEFAULT_CAPTURES = "/var/lib/gpuscope/captures"
@@ -41,27 +49,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="require the token on /metrics too (default: open, for scrapers)")
     p.add_argument("--captures", default=DEFAULT_CAPTURES, metavar="DIR",
                    help=f"where captures are written (default {DEFAULT_CAPTURES})")
-    p.add_argument("--keep", type=int, default=20, help="captures kept on disk (default 20)")
-    p.add_argument("--flight-seconds", type=float, default=60.0,
+    p.add_argument("--keep", type=non_negative_int, default=20, help="captures kept on disk (default 20)")
+    p.add_argument("--flight-seconds", type=non_negative, default=60.0,
                    help="flight recorder window, seconds; 0 turns it off (default 60)")
-    p.add_argument("--flight-max-events", type=int, default=500_000,
+    p.add_argument("--flight-max-events", type=non_negative_int, default=500_000,
                    help="flight recorder bound, events (default 500000)")
-    p.add_argument("--flight-max-mb", type=int, default=256,
+    p.add_argument("--flight-max-mb", type=non_negative_int, default=256,
                    help="flight recorder bound, MiB of encoded events (default 256)")
-    p.add_argument("--max-duration", type=float, default=3600.0,
+    p.add_argument("--max-duration", type=positive, default=3600.0,
                    help="longest capture accepted, seconds (default 3600)")
     p.add_argument("--host-proc", metavar="DIR", help="the host's procfs, to translate kernel "
                    "PIDs to the pod's (default /host/proc when gpuscope runs in a PID namespace)")
     p.add_argument("--viewer", action="store_true", help="serve the web viewer under /viewer/")
     add_probe_flags(p, ALWAYS_ON, cheaper="cheaper always-on")
-    p.add_argument("--analyze-every", type=float, default=30.0, metavar="S",
+    p.add_argument("--analyze-every", type=non_negative, default=30.0, metavar="S",
                    help="publish the always-on stall analysis (data-wait and step-time "
                    "metrics) every S seconds, each over the last max(S, 10) seconds of "
                    "events; 0: only on captures (default 30)")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gpuscope sidecar", description="Run beside a training "
+    p = Parser(prog="gpuscope sidecar", description="Run beside a training "
                                 "job (Kubernetes pod): metrics, flight recorder, captures on "
                                 "request over HTTP. See docs/sidecar.md.")
     add_arguments(p)
@@ -81,18 +89,15 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def load_token(args) -> str | None:
-    token = None
-    if args.token_file:
-        try:
-            with open(args.token_file) as f:
-                token = f.read().strip()
-        except OSError as e:
-            raise CliError(f"cannot read --token-file {args.token_file}: {e.strerror}",
-                           EXIT_USAGE) from None
-        if not token:
-            raise CliError(f"--token-file {args.token_file} is empty", EXIT_USAGE)
-    elif os.environ.get("GPUSCOPE_TOKEN", "").strip():
-        token = os.environ["GPUSCOPE_TOKEN"].strip()
+    from gpuscope.viewer.auth import read_token
+
+    try:
+        token = read_token(args.token_file)
+    except OSError as e:
+        raise CliError(f"cannot read --token-file {args.token_file}: {e.strerror}",
+                       EXIT_USAGE) from None
+    except ValueError:
+        raise CliError(f"--token-file {args.token_file} is empty", EXIT_USAGE) from None
     if args.no_auth:
         if token:
             raise CliError("--no-auth given together with a token: choose one", EXIT_USAGE)

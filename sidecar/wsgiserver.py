@@ -14,7 +14,6 @@ signal handling do not depend on which server it is.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Callable
 from urllib.parse import parse_qsl, quote, urlencode
@@ -22,7 +21,8 @@ from urllib.parse import parse_qsl, quote, urlencode
 from waitress import wasyncore
 from waitress.server import create_server
 
-TOKEN_IN_TEXT = re.compile(r"(?i)(token(?:=|%3D))[^&;\s\"']*")
+from gpuscope.viewer.auth import TOKEN_IN_TEXT, redact
+
 THREADS = 4                    # /metrics, /healthz, a trace download, and one spare
 MAX_BODY = 1 << 20             # the API accepts 64 KiB bodies (api.py); nothing needs more
 
@@ -37,11 +37,6 @@ def redact_query(query: str) -> str:
         return TOKEN_IN_TEXT.sub(r"\1[redacted]", query)
     return urlencode([(k, "[redacted]" if k.lower() == "token" else v) for k, v in pairs],
                      safe="[]")
-
-
-def redact(text: str) -> str:
-    """Any `token=...` in a line of text, as a last guard for lines we do not format."""
-    return TOKEN_IN_TEXT.sub(r"\1[redacted]", text)
 
 
 def request_line(environ: dict) -> str:

@@ -4,6 +4,8 @@ the trace index; the browser never receives the whole trace (except from
 
 from __future__ import annotations
 
+import sqlite3
+
 from flask import Blueprint, abort, jsonify, request, send_file
 
 from . import query, report
@@ -11,6 +13,7 @@ from .store import get_store
 from .tracefile import check
 
 bp = Blueprint("api", __name__, url_prefix="/api")
+_I64 = 1 << 63
 
 
 @bp.errorhandler(404)
@@ -30,6 +33,21 @@ def _capture(name: str):
     return cap
 
 
+def _index(cap):
+    """The capture's index, built first if no request has built it yet (a
+    query may come before the page's first /meta)."""
+    ix = get_store().index(cap)
+    if not ix.meta():
+        ix.refresh()
+    return ix
+
+
+@bp.errorhandler(sqlite3.Error)
+def index_unreadable(e):
+    return jsonify(error=f"the capture's index cannot be read ({e}): it may still be "
+                   "building; retry once /meta says it is built"), 503
+
+
 def _int(name: str, default=None) -> int:
     v = request.args.get(name)
     if v is None:
@@ -37,9 +55,10 @@ def _int(name: str, default=None) -> int:
             abort(400, description=f"missing parameter {name}")
         return default
     try:
-        return int(float(v))
-    except ValueError:
-        abort(400, description=f"{name} must be a number")
+        n = int(float(v))
+    except (ValueError, OverflowError):   # "x", nan; inf
+        abort(400, description=f"{name} must be a finite number")
+    return max(-_I64, min(n, _I64 - 1))   # SQLite's integers
 
 
 def capture_json(cap) -> dict:
@@ -80,7 +99,6 @@ def meta(name):
 @bp.get("/s/<name>/window")
 def window(name):
     cap = _capture(name)
-    ix = get_store().index(cap)
     t0, t1 = _int("t0"), _int("t1")
     if t1 <= t0:
         abort(400, description="t1 must be after t0")
@@ -88,13 +106,13 @@ def window(name):
         tracks = [int(t) for t in request.args.get("tracks", "").split(",") if t]
     except ValueError:
         abort(400, description="tracks must be a comma-separated list of track ids")
-    return jsonify(query.window(ix.reader(), t0, t1, _int("px", 1000), tracks))
+    return jsonify(query.window(_index(cap).reader(), t0, t1, _int("px", 1000), tracks))
 
 
 @bp.get("/s/<name>/slice/<int:sid>")
 def slice_detail(name, sid):
     cap = _capture(name)
-    d = query.slice_detail(get_store().index(cap).reader(), sid)
+    d = query.slice_detail(_index(cap).reader(), sid) if sid < _I64 else None
     if d is None:
         abort(404, description="no such slice")
     return jsonify(d)
@@ -104,9 +122,9 @@ def slice_detail(name, sid):
 def search(name):
     cap = _capture(name)
     q = request.args.get("q", "")[:200]
-    after = request.args.get("after")
-    return jsonify(query.search(get_store().index(cap).reader(), q,
-                                _int("after") if after else None, _int("limit", 100)))
+    after = _int("after") if request.args.get("after") else None
+    limit = _int("limit", 100)
+    return jsonify(query.search(_index(cap).reader(), q, after, limit))
 
 
 @bp.get("/s/<name>/report")
