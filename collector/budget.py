@@ -132,6 +132,9 @@ class OverheadBudget:
 
     def _measure(self, ts: int) -> None:
         own = own_cpu_s() if self.own_pid == os.getpid() else (process_cpu_s(self.own_pid) or 0.0)
+        # One-off set-up (a source compiling its BPF program after the start) is not
+        # what the budget governs: it is spent once, whatever the level.
+        own -= sum(k.setup_cpu_s() for k in self.knobs if hasattr(k, "setup_cpu_s"))
         bpf_s = self.bpf.seconds() if self.bpf is not None else 0.0
         self._samples.append((ts, own, bpf_s, self._target_cpu()))
         if self._first is None:

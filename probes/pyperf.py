@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
+from . import procfs
 from .events import StackSample
 from .procmem import ReadError
 from .pycode import Torn
@@ -220,7 +221,7 @@ def available() -> str | None:
 
 def load_in_background(layout: Layout, rate_hz: int, stop: threading.Event,
                        loaded: Callable[[KernelWalks], None], notice: Callable[[str], None]
-                       ) -> threading.Thread | None:
+                       ) -> LoadThread | None:
     """Compile and attach in a thread of its own; loaded(walks) when it is live, or
     notice(why not). None (and the notice) when it cannot be used here at all."""
     why = available()
@@ -229,20 +230,39 @@ def load_in_background(layout: Layout, rate_hz: int, stop: threading.Event,
         return None
 
     def load() -> None:
+        t.native = threading.get_native_id()
         try:
             kw = KernelWalks(OnCpuSampler(layout, rate_hz))
         except Exception as e:  # BCC or perf events unavailable: the outside walk stays
             notice(f"python sampler: running threads walked from outside "
                    f"(kernel walker not loaded: {str(e).splitlines()[0][:120]})")
             return
+        finally:
+            t.cpu_s = time.thread_time()
         if stop.is_set():
             kw.close()
         else:
             loaded(kw)
 
-    t = threading.Thread(target=load, name="gpuscope-pyperf-load", daemon=True)
+    t = LoadThread(target=load, name="gpuscope-pyperf-load", daemon=True)
     t.start()
     return t
+
+
+class LoadThread(threading.Thread):
+    """The compile's thread, which says how much CPU it has used (the overhead
+    budget leaves this one-off cost out)."""
+
+    native: int | None = None
+    cpu_s: float | None = None  # set when it is done
+
+    def used_cpu_s(self) -> float:
+        if self.cpu_s is not None:
+            return self.cpu_s
+        if self.native is None:
+            return 0.0
+        st = procfs.stat(os.getpid(), self.native)
+        return (st.utime + st.stime) / os.sysconf("SC_CLK_TCK") if st is not None else 0.0
 
 
 class KernelWalks:

@@ -70,7 +70,8 @@ class PythonSampler(Source):
         self._counts = {"events": 0, "lost": 0, "errors": 0, "ticks": 0, "late": 0,
                         "stale": 0, "threads": 0, "reused": 0, "thinned": 0, "kernel": 0}
         self._kernel: pyperf.KernelWalks | None = None  # set when its program is loaded
-        self._kernel_thread: threading.Thread | None = None
+        self._kernel_thread: pyperf.LoadThread | None = None
+        self._setup_cpu = 0.0
 
     # ---- Source interface ------------------------------------------------------------
 
@@ -99,6 +100,12 @@ class PythonSampler(Source):
 
     def _kernel_loaded(self, kw: pyperf.KernelWalks) -> None:
         self._kernel = kw
+
+    def setup_cpu_s(self) -> float:
+        """CPU spent compiling the kernel walker: once, not per sample."""
+        t = self._kernel_thread
+        self._setup_cpu = max(self._setup_cpu, t.used_cpu_s() if t is not None else 0.0)
+        return self._setup_cpu
 
     def add_process(self, pid: int) -> None:
         """A new process (fork, or exec of an existing pid): resolve it, reusing the
