@@ -13,11 +13,19 @@ Jobs (samples/overhead_job.py, samples/train.py):
   a  CPU-saturated input-bound: 1 worker with a CPU-heavy transform, MLP main loop
   b  storage-bound: samples/train.py, 2 workers reading a samples/slowfs.py mount
   c  compute-bound control: cheap items, the main loop on one core, a core free
-Tools: gpuscope attach at defaults and with sources switched off, and
-`py-spy record --subprocesses --nonblocking -r 100` (the same rate).
+Tools: gpuscope attach at defaults and with sources switched off,
+`py-spy record --subprocesses --nonblocking -r 100` (the same rate), and (jobs a, c)
+torch.profiler(activities=[CPU], with_stack=True, record_shapes=True) in the job's
+main process. It cannot attach, so the job (--profiler-signals) starts it on SIGUSR1
+and stops it on SIGUSR2, each acked on stdout; the window opens 1 s after the start
+and closes before the stop, whose post-processing (printed as "stop") is left out
+like gpuscope's verdict. Its CPU is the job's own, so for that row CPU is "-" (the
+cost shows in CPU/step) and RSS is the job main process's growth over the window
+("+N j"), not a profiler process's RSS.
 
 Prints a table; asserts nothing (the machine is shared and noisy: repeat).
-Usage: python bench/bench_overhead.py [--quick] [--jobs a,b,c] [--phase S] [--repeat N]
+Usage: python bench/bench_overhead.py [--quick] [--jobs a,b,c] [--tools T1,T2] [--phase S]
+                                      [--repeat N]
 """
 
 from __future__ import annotations
@@ -42,9 +50,11 @@ GPUSCOPE = [PY, "-m", "gpuscope.collector.cli", "attach"]
 HZ = os.sysconf("SC_CLK_TCK")
 NO_GPU = ["--no-cuda", "--no-nccl", "--no-nvml"]
 
-# name -> extra `gpuscope attach` flags (None: py-spy). The kernel probes for IO and
-# processes cannot be switched off, so "python" and "sched" are each measured on top of them.
-TOOLS = {
+# name -> extra `gpuscope attach` flags (None: py-spy; TORCH: torch.profiler inside the job).
+# The kernel probes for IO and processes cannot be switched off, so "python" and "sched"
+# are each measured on top of them.
+TORCH = "torch.profiler stack+shapes (main proc)"  # CPU, with_stack, record_shapes
+TOOLS: dict[str, list[str] | str | None] = {
     "gpuscope defaults": [],
     "gpuscope no budget (--max-overhead 100)": ["--max-overhead", "100"],
     "gpuscope --no-python": ["--no-python"],
@@ -54,14 +64,15 @@ TOOLS = {
     "gpuscope io+proc+python": ["--no-sched", *NO_GPU],
     "gpuscope io+proc+sched": ["--no-python", *NO_GPU],
     "py-spy -r 100 --subprocesses": None,
+    TORCH: TORCH,
 }
 JOB_TOOLS = {
     "a": list(TOOLS),
     "b": ["gpuscope defaults", "gpuscope io+proc only", "py-spy -r 100 --subprocesses"],
-    "c": ["gpuscope defaults", "py-spy -r 100 --subprocesses"],
+    "c": ["gpuscope defaults", "py-spy -r 100 --subprocesses", TORCH],
 }
 QUICK_TOOLS = ["gpuscope defaults", "gpuscope no budget (--max-overhead 100)",
-               "gpuscope io+proc only", "py-spy -r 100 --subprocesses"]
+               "gpuscope io+proc only", "py-spy -r 100 --subprocesses", TORCH]
 JOB_NAMES = {"a": "CPU-saturated input-bound", "b": "storage-bound (slowfs 25 ms/read)",
              "c": "compute-bound control"}
 
@@ -124,10 +135,18 @@ class Job:
                    "--compute-ms", "30", "--log", self.log]
         else:
             cmd = [PY, str(ROOT / "samples/overhead_job.py"), "--mode",
-                   "input" if kind == "a" else "compute", "--log", self.log]
+                   "input" if kind == "a" else "compute", "--log", self.log, "--profiler-signals"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      text=True, start_new_session=True)
         self.pid = json.loads(self.proc.stdout.readline())["ready"]
+
+    def torch_profiler(self, on: bool) -> dict:
+        """Switch torch.profiler in the job on or off; returns its ack once done."""
+        os.kill(self.pid, signal.SIGUSR1 if on else signal.SIGUSR2)
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the job exited on switching torch.profiler")
+        return json.loads(line)
 
     def tree(self) -> list[int]:
         return procfs.descendants(self.pid)
@@ -165,8 +184,29 @@ def phase_off(job: Job, seconds: float) -> dict:
             "others": others_pct(job, m0, j0, t0)}
 
 
+def phase_torch(job: Job, seconds: float) -> dict:
+    """torch.profiler runs in the job's main thread, so its CPU is the job's (in CPU/step)
+    and its memory is the job's RSS growth over the window. The stop's post-processing
+    (seconds, see stop_s) happens after the window, as the export would."""
+    job.torch_profiler(True)
+    time.sleep(1.0)  # like the others: the first second is not the steady state
+    m0, j0, r0 = machine_busy_s(), tree_cpu_s(job.tree()), rss_mb(job.pid)[0]
+    t0 = time.monotonic_ns()
+    time.sleep(seconds)
+    t1 = time.monotonic_ns()
+    others = others_pct(job, m0, j0, t0)
+    job_cpu = tree_cpu_s(job.tree()) - j0
+    rss_growth = rss_mb(job.pid)[0] - r0
+    ack = job.torch_profiler(False)
+    time.sleep(1.0)
+    return {"window": (t0, t1), "others": others, "job_cpu": job_cpu, "cpu_per_s": None,
+            "rss": None, "rss_growth": rss_growth, "stop_s": ack.get("stop_s")}
+
+
 def phase_on(job: Job, tool: str, seconds: float, workdir: str) -> dict:
     flags = TOOLS[tool]
+    if flags == TORCH:
+        return phase_torch(job, seconds)
     trace = os.path.join(workdir, "bench.pftrace")
     if flags is None:
         cmd = [str(PYSPY), "record", "--pid", str(job.pid), "--rate", "100", "--subprocesses",
@@ -234,7 +274,7 @@ def run_job(kind: str, tools: list[str], seconds: float, repeat: int, workdir: s
             # If the job had the machine to itself and used all of it: that, and the
             # cores the profiler's process takes from it.
             ncpu = os.cpu_count()
-            r["est"] = (1 + r["cpu_step"]) * ncpu / max(1e-9, ncpu - r["cpu_per_s"]) - 1
+            r["est"] = (1 + r["cpu_step"]) * ncpu / max(1e-9, ncpu - (r["cpu_per_s"] or 0.0)) - 1
             r["others"] = max(r["others"], offs[i]["others"], offs[i + 1]["others"])
             rows.append({"job": kind, "tool": tool, "off": off, "on": on,
                          "slowdown": off / on - 1 if on else float("inf"), **r})
@@ -246,9 +286,11 @@ def run_job(kind: str, tools: list[str], seconds: float, repeat: int, workdir: s
 def fmt_row(r: dict) -> str:
     ev = r.get("events_per_s")
     us = r["cpu_per_s"] / ev * 1e6 if ev else None
-    return (f"{r['tool']:<30} {r['off']:8.1f} {r['on']:8.1f} {100 * r['slowdown']:+8.1f}% "
+    cpu = f"{100 * r['cpu_per_s']:7.1f}%" if r["cpu_per_s"] is not None else f"{'-':>8}"
+    rss = f"{r['rss']:7.0f}" if r["rss"] is not None else f"{r['rss_growth']:+6.0f}j"
+    return (f"{r['tool']:<40} {r['off']:8.1f} {r['on']:8.1f} {100 * r['slowdown']:+8.1f}% "
             f"{100 * r['cpu_step']:+8.1f}% {100 * r['est']:+7.1f}% "
-            f"{100 * r['cpu_per_s']:7.1f}% {r['others']:6.0f}% {r['rss']:7.0f} "
+            f"{cpu} {r['others']:6.0f}% {rss} "
             + (f"{ev:9.0f} {us:7.1f} {r['lost']:7d}" if ev is not None else f"{'-':>9} {'-':>7} {'-':>7}"))
 
 
@@ -294,12 +336,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="short phases, fewer tools (~2 min)")
     ap.add_argument("--jobs", default="a,b,c", help="which jobs (a, b, c), comma-separated")
-    ap.add_argument("--tools", help="only these tools (comma-separated names from the table)")
+    ap.add_argument("--tools", help="only these tools (comma-separated names from the table, "
+                    "or the start of one: 'torch.profiler')")
     ap.add_argument("--phase", type=float, help="seconds per phase (default 8, quick 4)")
     ap.add_argument("--repeat", type=int, default=1, help="times each tool is attached")
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_overhead: needs root (BPF, process_vm_readv)")
+    wanted = set()
+    for name in (a.tools.split(",") if a.tools else []):
+        match = [t for t in TOOLS if t == name.strip() or t.startswith(name.strip())]
+        if not match:
+            sys.exit(f"bench_overhead: no tool {name!r}; pick (or start) names from: {', '.join(TOOLS)}")
+        wanted.update(match)
     seconds = a.phase or (4.0 if a.quick else 8.0)
     try:  # the job and the profiler (children inherit it) ahead of other load on a shared machine
         os.nice(-5)
@@ -314,27 +363,31 @@ def main() -> None:
           "phases compared): when it is high, that row is noise.\nCPU/step = the job's own CPU per "
           "step attached / unattached - 1 (what the profiler adds inside the job's threads; robust to "
           "other load); est.sat = the slowdown that implies for a job using every core alone: "
-          "(1 + CPU/step) * cores / (cores - profiler CPU) - 1")
+          "(1 + CPU/step) * cores / (cores - profiler CPU) - 1.\ntorch.profiler runs inside the job: "
+          "CPU '-' (its CPU is the job's, in CPU/step); RSS '+N j' = the job main process's RSS "
+          "growth over the window; its stop (post-processing) is after the window")
     all_rows = []
     for kind in [j for j in a.jobs.split(",") if j]:
         tools = JOB_TOOLS[kind]
         if a.quick:
             tools = [t for t in tools if t in QUICK_TOOLS]
         if a.tools:
-            tools = [t for t in tools if t in a.tools.split(",")]
+            tools = [t for t in tools if t in wanted]
         if not PYSPY.exists():
             tools = [t for t in tools if TOOLS[t] is not None]
         with tempfile.TemporaryDirectory(prefix="bench-overhead-") as d:
             rows = run_job(kind, tools, seconds, a.repeat, d)
         all_rows += rows
         print(f"\n== job {kind}: {JOB_NAMES[kind]}")
-        print(f"{'attached':<30} {'off st/s':>8} {'on st/s':>8} {'slowdown':>9} {'CPU/step':>9} "
+        print(f"{'attached':<40} {'off st/s':>8} {'on st/s':>8} {'slowdown':>9} {'CPU/step':>9} "
               f"{'est.sat':>8} {'CPU':>8} {'others':>7} "
               f"{'RSS MB':>7} {'events/s':>9} {'µs/ev':>7} {'lost':>7}")
         for r in rows:
             print(fmt_row(r))
             if r.get("lost_by"):
-                print(f"{'':<30}   lost by source: {r['lost_by']}")
+                print(f"{'':<40}   lost by source: {r['lost_by']}")
+            if r.get("stop_s") is not None:
+                print(f"{'':<40}   stop (post-processing, after the window): {r['stop_s']:.1f} s")
     by: dict[tuple[str, str], list[dict]] = {}
     for r in all_rows:
         by.setdefault((r["job"], r["tool"]), []).append(r)
@@ -347,7 +400,7 @@ def main() -> None:
     print("\n== ratios (medians over repeats): measured slowdown, and est.sat, each vs py-spy's")
     for (j, t), rows in by.items():
         if TOOLS[t] is not None and j in spy:
-            print(f"job {j} {t:<28} slowdown {med(rows, 'slowdown'):+6.1f}% vs py-spy "
+            print(f"job {j} {t:<40} slowdown {med(rows, 'slowdown'):+6.1f}% vs py-spy "
                   f"{med(spy[j], 'slowdown'):+6.1f}%; est.sat {med(rows, 'est'):+6.1f}% vs "
                   f"{med(spy[j], 'est'):+6.1f}%")
 
