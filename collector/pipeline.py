@@ -150,6 +150,12 @@ class Pipeline:
         pids = procfs.descendants(pid) if self.follow_children else [pid]
         if not procfs.alive(pid):
             raise SourceError(f"process {pid} exited before gpuscope could attach")
+        # Slow one-off set-up (the sampler's kernel walker compiles for seconds) runs
+        # beside the other sources' start, and is waited for before the capture counts.
+        for src in sources:
+            prepare = getattr(src, "prepare", None)
+            if prepare is not None:
+                prepare(pids)
         started: list[Source] = []
         for src in sources:
             try:
@@ -162,6 +168,10 @@ class Pipeline:
                 self._notice(f"{src.name}: {e}")
                 continue
             started.append(src)
+        for src in started:
+            ready = getattr(src, "wait_ready", None)
+            if ready is not None:
+                ready(120.0)
         self.target, self.sources = pid, started
         self.processes, self.live = set(pids), set(pids)
         self.generation += 1

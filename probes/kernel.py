@@ -14,6 +14,7 @@ import operator
 import os
 import select
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -113,6 +114,11 @@ class Probe:
         return []
 
 
+# BCC's compiler (LLVM/clang inside libbcc) is not safe to run in two threads at
+# once: every BPF() of this process compiles under this lock.
+COMPILE_LOCK = threading.Lock()
+
+
 def bcc_module():
     try:
         import bcc  # Debian's python3-bpfcc, linked into the venv by scripts/setup.sh
@@ -186,7 +192,8 @@ class KernelProbes(Source):
     def start(self, pids: Iterable[int]) -> None:
         bcc = bcc_module()
         try:
-            self.bpf = bcc.BPF(text=self.program_text(), cflags=self.cflags())
+            with COMPILE_LOCK:
+                self.bpf = bcc.BPF(text=self.program_text(), cflags=self.cflags())
         except Exception as e:  # BCC raises bare Exception on compile/load errors
             raise SourceError(advice_for(e)) from e
         self._epoll = select.epoll()

@@ -106,11 +106,12 @@ class OnCpuSampler:
     by the caller, which also turns RawSamples into frames (it has the code cache)."""
 
     def __init__(self, layout: Layout, rate_hz: int):
-        from .kernel import bcc_module
+        from .kernel import COMPILE_LOCK, bcc_module
 
         bcc = bcc_module()
         self.layout = layout
-        self.bpf = bcc.BPF(src_file=str(HERE / "pyperf.bpf.c"), cflags=cflags(layout))
+        with COMPILE_LOCK:
+            self.bpf = bcc.BPF(src_file=str(HERE / "pyperf.bpf.c"), cflags=cflags(layout))
         self._ring = RingReader(self.bpf["py_samples"])
         cls = event_class(self.bpf["py_samples"])
         self._code_off = cls.code.offset

@@ -79,6 +79,7 @@ class PythonSampler(Source):
         pids = list(pids)
         denied = [pid for pid in pids if self._attach(pid) == "denied"]
         if pids and len(denied) == len(pids):
+            self.stop()  # a kernel walker prepare() started must not outlive the refusal
             raise SourceError(f"cannot read the memory of pid {', '.join(map(str, denied))}: "
                               f"the Python sampler {denied_why()} "
                               "(process_vm_readv was refused)")
@@ -89,12 +90,31 @@ class PythonSampler(Source):
         self._thread.start()
         self._start_kernel_walks()
 
+    def prepare(self, pids: Iterable[int]) -> None:
+        """Start compiling the kernel walker for the target's layout now, beside the
+        other sources' start (the pipeline calls this first, then start())."""
+        self._stop.clear()  # a new start: a stop() before it is over
+        for pid in pids:
+            try:
+                layout = find_runtime(pid).layout
+            except (NotPython, UnsupportedVersion, OSError, ReadError):
+                continue
+            self._kernel_thread = pyperf.load_in_background(
+                layout, int(self.current_hz), self._stop, self._kernel_loaded, self._notice)
+            return
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Until the kernel walker is loaded (or has failed): its compile is set-up."""
+        t = self._kernel_thread
+        if t is not None:
+            t.join(timeout_s)
+
     def _start_kernel_walks(self) -> None:
         """Load the in-kernel walker beside the running sampler (its compile takes
-        seconds); until then, or where it cannot be, running threads are walked
-        from outside, and a notice says why."""
+        seconds) unless prepare() did; until it is loaded, or where it cannot be,
+        running threads are walked from outside, and a notice says why."""
         walkers = self._snapshot()
-        if walkers:
+        if walkers and self._kernel_thread is None and self._kernel is None:
             self._kernel_thread = pyperf.load_in_background(
                 walkers[0].L, int(self.current_hz), self._stop, self._kernel_loaded, self._notice)
 
