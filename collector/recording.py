@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from gpuscope.probes.events import CounterSample, Event, Loss, StackSample, ThreadName
 from gpuscope.probes.source import SourceStats
 
+from .gpusummary import GpuSummary
 from .liveindex import IndexedWriter
 from .summary import write_summary
 from .timeline import Timeline
@@ -42,6 +43,7 @@ class Recording:
         self.writer = IndexedWriter.for_trace(output)
         self.timeline = Timeline(self.writer)
         self.analysis = analysis        # the stall analysis: feed(batch), result()
+        self.gpu = GpuSummary()         # the summary's gpu section
         self.counts: dict[str, int] = {}  # events written, per category
         self.result: dict = {}
         self.notices: list[str] = []
@@ -55,6 +57,7 @@ class Recording:
             if k:
                 counts[k] = counts.get(k, 0) + 1
         self.writer.flush()
+        self.gpu.feed(batch)
         if self.analysis is not None:
             try:
                 self.analysis.feed(batch)
@@ -96,7 +99,8 @@ class Recording:
                       notices=list(notices) + self.notices)
         cap.summary = write_summary(cap, pid=self.pid, command=self.command,
                                     writer=self.writer, attach_s=attach_s,
-                                    counts=self.counts, result=self.result, overhead=overhead)
+                                    counts=self.counts, result=self.result, overhead=overhead,
+                                    gpu=self.gpu.result())
         return cap
 
 

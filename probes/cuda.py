@@ -5,10 +5,11 @@ and per-process rates derived from the calls (launches/s, H2D and D2H
 bytes/s, share of time in synchronisation).
 
 The spans are host-side: how long the call took on the CPU (a launch
-enqueues, a synchronisation waits). Libraries are found in /proc/PID/maps at
-start and every tick, so a lazily loaded CUDA is probed within about a
-second. Each uprobe is attached once for all processes and filtered in the
-kernel on the tracked map.
+enqueues, a synchronisation waits). Libraries are probed before the target
+can call them where that can be known (libprobes: searched by path, on the
+kernel's view of their open, from /proc/PID/maps as a fallback). Each uprobe
+is attached once for all processes and filtered in the kernel on the
+tracked map.
 """
 
 from __future__ import annotations
@@ -18,14 +19,15 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 from .demangle import demangle
 from .events import CUDA, CounterSample, Event, Span
-from .gpulibs import CUDART, DRIVER, LibraryAttacher, Symbolizer
+from .gpulibs import CUDART, DRIVER, Symbolizer
 from .kernel import Probe
+from .libprobes import LibraryAttacher
 
 HERE = Path(__file__).resolve().parent
 
@@ -118,13 +120,13 @@ class CudaProbe(Probe):
     ring = "cuda_events"
     drop_slot = 3  # DROP_CUDA
 
-    def __init__(self, driver: bool = True, runtime: bool = True):
+    def __init__(self, driver: bool = True, runtime: bool = True, launch: Iterable[str] = ()):
         kinds = {}
         if runtime:
             kinds[CUDART] = RUNTIME_SYMBOLS
         if driver:
             kinds[DRIVER] = DRIVER_SYMBOLS
-        self.libs = LibraryAttacher(kinds, REQUIRED)
+        self.libs = LibraryAttacher(kinds, REQUIRED, launch)
         self.symbolizer = Symbolizer()
         self.table: Any = None   # BCC's ring buffer table once attached (untyped)
         self.handles: dict[tuple[int, int], str] = {}  # (pid, CUfunction) -> kernel name
@@ -135,10 +137,20 @@ class CudaProbe(Probe):
 
     def attach(self, bpf) -> None:
         self.table = bpf[self.ring]
-        self.libs.scan(bpf, self.tracked())
+        self.libs.start(bpf, self.tracked())
+
+    def on_library_open(self, pid: int, path: str, out: list[Event]) -> None:
+        self.libs.on_open(pid, path, out)
+
+    def on_library_mapped(self, pid: int, path: str, ts: int, out: list[Event]) -> None:
+        self.libs.on_map(pid, path, ts, out)
+
+    def initial_events(self, pids: list[int], out: list[Event]) -> None:
+        out += self.libs.take_events()
 
     def tick(self, bpf, out: list[Event]) -> None:
         self.libs.scan(bpf, self.tracked())
+        out += self.libs.take_events()
         self.rates.emit(time.monotonic_ns(), out)
 
     def on_exit(self, pid: int) -> None:
@@ -147,7 +159,7 @@ class CudaProbe(Probe):
 
     def notices(self) -> list[str]:
         out = self.libs.notices()
-        if not self.libs.attached:
+        if not self.libs.mapped:
             out.append("cuda: no CUDA runtime or driver library is mapped by the target; "
                        "CUDA calls not traced")
         return out
