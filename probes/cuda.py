@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
 
+from .cudamem import DeviceMemory
 from .demangle import demangle
 from .events import CUDA, CounterSample, Event, Span
 from .gpulibs import CUDART, DRIVER, Symbolizer
@@ -131,6 +132,8 @@ class CudaProbe(Probe):
         self.table: Any = None   # BCC's ring buffer table once attached (untyped)
         self.handles: dict[tuple[int, int], str] = {}  # (pid, CUfunction) -> kernel name
         self.rates = Rates()
+        self.memory = DeviceMemory()
+        self._pending: list[Event] = []   # made outside decode/tick (process exits)
         self._names: dict[str, str] = {}
         # cudaGetErrorName from a libcudart the target uses (None: not looked up yet)
         self._geterror: Callable[[int], bytes | None] | Literal[False] | None = None
@@ -151,14 +154,17 @@ class CudaProbe(Probe):
     def tick(self, bpf, out: list[Event]) -> None:
         self.libs.scan(bpf, self.tracked())
         out += self.libs.take_events()
+        out += self._pending
+        self._pending = []
         self.rates.emit(time.monotonic_ns(), out)
 
     def on_exit(self, pid: int) -> None:
+        self.memory.on_exit(pid, time.monotonic_ns(), self._pending)
         self.symbolizer.forget(pid)
         self.handles = {k: v for k, v in self.handles.items() if k[0] != pid}
 
     def notices(self) -> list[str]:
-        out = self.libs.notices()
+        out = self.libs.notices() + self.memory.notices()
         if not self.libs.mapped:
             out.append("cuda: no CUDA runtime or driver library is mapped by the target; "
                        "CUDA calls not traced")
@@ -276,6 +282,7 @@ class CudaProbe(Probe):
         args["ret"] = ret
         if ret:
             args["error"] = self.error_name(fn, ret)
+        self.memory.add(fn, pid, e.end, ret, args, out)
         out.append(Span(CUDA, fn, pid, e.tid, e.start, e.end, args))
         self.rates.add(fn, pid, e.tid, e.start, e.end, args)
 

@@ -1,0 +1,66 @@
+"""What the GPU did, from the calls: device memory (issue 15 item 3), against
+the real libcudart and the driver stand-in (gpu_targets/libcuda_stub.c, which
+keeps its own count of what it allocated).
+
+Run under `gpuscope run` with the stand-in on LD_LIBRARY_PATH, which is also
+where gpuscope's search finds it before the target is released.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+from test_cuda import CUDART, GPU_TARGETS, _need
+from test_verdict import SCHEMA
+
+import tracecheck
+from conftest import GPUSCOPE
+
+MiB = 1 << 20
+
+
+def run_target(tmp_path: Path, script: str, *args: str, env: dict | None = None,
+               flags: tuple[str, ...] = ()) -> tuple[dict, dict, tracecheck.Decoded, Path]:
+    stub = tmp_path / "driver" / "libcuda.so.1"
+    stub.parent.mkdir(exist_ok=True)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-Wl,-soname,libcuda.so.1", "-o", str(stub),
+                    str(GPU_TARGETS / "libcuda_stub.c")], check=True)
+    out = tmp_path / f"{script}.pftrace"
+    e = {**os.environ, "LD_LIBRARY_PATH": str(stub.parent), **(env or {})}
+    p = subprocess.run(GPUSCOPE + ["run", "-o", str(out), "--no-sched", *flags, "--",
+                                   sys.executable, str(GPU_TARGETS / script), *args],
+                       capture_output=True, text=True, timeout=180, env=e)
+    assert p.returncode == 0, p.stderr
+    did = json.loads(p.stdout.strip().splitlines()[-1])
+    summary = json.loads(out.with_suffix(".summary.json").read_text())
+    jsonschema.validate(summary, SCHEMA)
+    return did, summary, tracecheck.load(str(out)), stub
+
+
+def test_device_memory_matches_the_standin(tmp_path):
+    did, summary, t, stub = run_target(tmp_path, "memory_calls.py", _need(CUDART),
+                                       env={"STUB_CUDA_ALLOC_US": "40000"})
+    assert did["cudaMalloc"] == 35 and did["bad_free"] == 1   # both failed: neither counts
+    found = {x["path"]: x["found"] for x in summary["gpu"]["libraries"]}
+    assert found[str(stub)] == "searched", found
+    m = summary["gpu"]["memory"][str(did["pid"])]
+    assert m["peak_bytes"] == did["peak"] == 5 * MiB
+    assert m["allocated_bytes"] == did["allocated"] == 4 * MiB
+    assert (m["allocations"], m["frees"]) == (4, 2)
+    assert m["never_freed_count"] == 2 and m["never_freed_bytes"] == did["allocated"]
+    left = {x["ptr"]: x for x in m["never_freed"]}
+    assert set(left) == set(did["left"])
+    for ptr, func in did["left"].items():
+        assert left[ptr]["py"] and left[ptr]["py"].startswith(func + " ("), left[ptr]
+        assert "memory_calls.py:" in left[ptr]["py"]
+    assert {x["py"] for x in m["never_freed_by_line"]} == {x["py"] for x in left.values()}
+    # The counter track follows the stand-in's total, call by call.
+    values = [v for _, v in t.counter_named("CUDA device memory")]
+    assert values == [1 * MiB, 5 * MiB, 1 * MiB, 3 * MiB, 1 * MiB, 4 * MiB, 0]
+    frees = [s for s in t.slices_on("CUDA") if s.name.startswith("cuMemFree")]
+    assert sorted(s.args.get("freed", 0) for s in frees) == [0, 2 * MiB, 4 * MiB]
