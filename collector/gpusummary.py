@@ -3,7 +3,9 @@ were probed and how early (libprobes' "uprobes on" / "library mapped"
 instants), and device memory per process (the `allocated`/`freed` the CUDA
 probe puts on allocation spans, probes/cudamem.py): peak, what is held at
 the end, and the allocations never freed, each with the Python line that
-made it (the span's `py`)."""
+made it (the span's `py`); CUDA graphs per process: each capture with the
+graph it made and its kernels, each executable graph with its launches
+(probes/cudagraphs.py puts the ids on the spans)."""
 
 from __future__ import annotations
 
@@ -18,12 +20,18 @@ class GpuSummary:
         self.mapped: dict[str, dict[str, dict]] = {}   # path -> pid -> its unprobed window
         self.memory: dict[int, dict] = {}      # pid -> counts, peak
         self.live: dict[int, dict[str, dict]] = {}   # pid -> ptr -> the allocation
+        self.captures: dict[int, dict[int, dict]] = {}   # pid -> capture number -> capture
+        self.execs: dict[int, dict[str, dict]] = {}   # pid -> exec id -> its launches
 
     def feed(self, batch: list[Event]) -> None:
         for ev in batch:
             if type(ev) is Span:
-                if ev.cat == CUDA and "allocated" in ev.args:
-                    self._memory(ev)
+                if ev.cat == CUDA:
+                    a = ev.args
+                    if "allocated" in a:
+                        self._memory(ev)
+                    elif "graph" in a or "capture" in a:
+                        self._graph(ev)
             elif type(ev) is Instant and ev.cat == CUDA:
                 self._instant(ev)
 
@@ -54,6 +62,42 @@ class GpuSummary:
         if a["allocated"] > m["peak_bytes"]:
             m["peak_bytes"], m["peak_ns"] = a["allocated"], ev.end
 
+    def _graph(self, ev: Span) -> None:
+        a, name = ev.args, ev.name
+        if "capture" in a:
+            c = self.captures.setdefault(ev.pid, {}).setdefault(a["capture"], {
+                "capture": a["capture"], "stream": a["stream"], "begin_ns": ev.start,
+                "end_ns": None, "graph": None, "kernel_count": 0, "kernels": ""})
+            if name.endswith("EndCapture"):
+                c["end_ns"] = ev.end
+                if "graph" in a:
+                    c.update(graph=a["graph"], kernel_count=a.get("kernel_count", 0),
+                             kernels=a.get("kernels", ""))
+        elif "graph_exec" in a:
+            x = self.execs.setdefault(ev.pid, {}).setdefault(a["graph_exec"], {
+                "graph_exec": a["graph_exec"], "graph": a["graph"], "runtime_launches": 0,
+                "driver_launches": 0, "kernel_count": a.get("kernel_count"),
+                "kernels": a.get("kernels")})
+        elif name.endswith("GraphLaunch") and a["ret"] == 0:
+            x = self.execs.setdefault(ev.pid, {}).setdefault(a["graph"], {
+                "graph_exec": a["graph"], "graph": a.get("graph_id"), "runtime_launches": 0,
+                "driver_launches": 0, "kernel_count": a.get("kernel_count"),
+                "kernels": a.get("kernels")})
+            x["runtime_launches" if name.startswith("cuda") else "driver_launches"] += 1
+
+    def _graphs(self) -> dict:
+        out = {}
+        for pid in sorted(set(self.captures) | set(self.execs)):
+            execs = []
+            for x in self.execs.get(pid, {}).values():
+                x = dict(x)
+                # cudaGraphLaunch calls cuGraphLaunch on a real driver: one launch
+                x["launches"] = max(x.pop("runtime_launches"), x.pop("driver_launches"))
+                execs.append(x)
+            out[str(pid)] = {"captures": list(self.captures.get(pid, {}).values()),
+                             "executables": execs}
+        return out
+
     def result(self) -> dict:
         memory = {}
         for pid, m in sorted(self.memory.items()):
@@ -71,4 +115,4 @@ class GpuSummary:
                                     for py, (n, b) in sorted(lines.items(), key=lambda kv: -kv[1][1])]}
         return {"libraries": [{**self.libraries[p], "mapped_by": self.mapped.get(p, {})}
                               for p in sorted(self.libraries)],
-                "memory": memory}
+                "memory": memory, "graphs": self._graphs()}

@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
 
+from .cudagraphs import BEGINS, ENDS, INSTANTIATES, Graphs
+from .cudagraphs import LAUNCHES as GRAPH_LAUNCHES
 from .cudamem import DeviceMemory
 from .demangle import demangle
 from .events import CUDA, CounterSample, Event, Span
@@ -67,6 +69,12 @@ DRIVER_SYMBOLS = {
     "cuMemFreeAsync": "cuMemFreeAsync", "cuMemFreeAsync_ptsz": "cuMemFreeAsync",
     "cuGraphLaunch": "cuGraphLaunch", "cuGraphLaunch_ptsz": "cuGraphLaunch",
     "cuModuleGetFunction": "cuModuleGetFunction", "cuLibraryGetKernel": "cuLibraryGetKernel",
+    "cuStreamBeginCapture_v2": "cuStreamBeginCapture",
+    "cuStreamBeginCapture_v2_ptsz": "cuStreamBeginCapture",
+    "cuStreamBeginCapture": "cuStreamBeginCapture", "cuStreamBeginCapture_ptsz": "cuStreamBeginCapture",
+    "cuStreamEndCapture": "cuStreamEndCapture", "cuStreamEndCapture_ptsz": "cuStreamEndCapture",
+    "cuGraphInstantiateWithFlags": "cuGraphInstantiate", "cuGraphInstantiate_v2": "cuGraphInstantiate",
+    "cuGraphInstantiate": "cuGraphInstantiate",
 }
 # Worth a notice when a library lacks them (older drivers lack the newest ones).
 REQUIRED = {
@@ -80,6 +88,7 @@ MEMCPY_KINDS = {0: "HtoH", 1: "HtoD", 2: "DtoH", 3: "DtoD", 4: "Default"}
 LAUNCHES = {"cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx"}
 SYNCS = {"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize",
          "cuStreamSynchronize", "cuCtxSynchronize"}
+GRAPH_CALLS = BEGINS | ENDS | INSTANTIATES
 _DRIVER_H2D = {"cuMemcpyHtoD", "cuMemcpyHtoDAsync"}
 _DRIVER_D2H = {"cuMemcpyDtoH", "cuMemcpyDtoHAsync"}
 
@@ -133,6 +142,7 @@ class CudaProbe(Probe):
         self.handles: dict[tuple[int, int], str] = {}  # (pid, CUfunction) -> kernel name
         self.rates = Rates()
         self.memory = DeviceMemory()
+        self.graphs = Graphs()
         self._pending: list[Event] = []   # made outside decode/tick (process exits)
         self._names: dict[str, str] = {}
         # cudaGetErrorName from a libcudart the target uses (None: not looked up yet)
@@ -160,6 +170,7 @@ class CudaProbe(Probe):
 
     def on_exit(self, pid: int) -> None:
         self.memory.on_exit(pid, time.monotonic_ns(), self._pending)
+        self.graphs.on_exit(pid)
         self.symbolizer.forget(pid)
         self.handles = {k: v for k, v in self.handles.items() if k[0] != pid}
 
@@ -269,8 +280,11 @@ class CudaProbe(Probe):
             args = {"ptr": _hex(a[0])}
         elif fn in ("cudaFreeAsync", "cuMemFreeAsync"):
             args = {"ptr": _hex(a[0]), "stream": _hex(a[1])}
-        elif fn in ("cudaGraphLaunch", "cuGraphLaunch"):
+        elif fn in GRAPH_LAUNCHES:
             args = {"graph": _hex(a[0]), "stream": _hex(a[1])}
+            self.graphs.add(fn, pid, a, x, e.ret, args)
+        elif fn in GRAPH_CALLS:
+            self.graphs.add(fn, pid, a, x, e.ret, args)
         elif fn in ("cuModuleGetFunction", "cuLibraryGetKernel"):
             name = bytes(e.name).split(b"\0", 1)[0].decode("utf-8", "replace")
             name = self._intern(demangle(name))
@@ -283,6 +297,8 @@ class CudaProbe(Probe):
         if ret:
             args["error"] = self.error_name(fn, ret)
         self.memory.add(fn, pid, e.end, ret, args, out)
+        if fn in LAUNCHES:
+            self.graphs.on_launch(fn, pid, e.tid, e.start, e.end, args)
         out.append(Span(CUDA, fn, pid, e.tid, e.start, e.end, args))
         self.rates.add(fn, pid, e.tid, e.start, e.end, args)
 

@@ -64,3 +64,34 @@ def test_device_memory_matches_the_standin(tmp_path):
     assert values == [1 * MiB, 5 * MiB, 1 * MiB, 3 * MiB, 1 * MiB, 4 * MiB, 0]
     frees = [s for s in t.slices_on("CUDA") if s.name.startswith("cuMemFree")]
     assert sorted(s.args.get("freed", 0) for s in frees) == [0, 2 * MiB, 4 * MiB]
+
+
+def test_graphs_match_the_standin(tmp_path):
+    did, summary, t, _ = run_target(tmp_path, "graph_calls.py", _need(CUDART),
+                                    flags=("--no-python",))
+    assert did["runtime"] == [35, 35, 35]
+    by = {}
+    for s in t.slices_on("CUDA"):
+        if t.thread_of(s.track)[0] == did["pid"]:
+            by.setdefault(s.name, []).append(s)
+    # The real runtime's calls are there, with their errors and no ids.
+    assert by["cudaStreamBeginCapture"][0].args["error"] == "cudaErrorInsufficientDriver"
+    assert "graph_exec" not in by["cudaGraphInstantiate"][0].args
+    begin, = by["cuStreamBeginCapture"]
+    end, = by["cuStreamEndCapture"]
+    assert begin.args["capture"] == end.args["capture"]
+    assert end.args["graph"] == did["graph"] and end.args["kernel_count"] == did["nodes"] == 3
+    assert end.args["kernels"] == "vector_add(float*, float*, float*, int) x2, foo()"
+    launches = by["cuLaunchKernel"] + by["cuLaunchKernelEx"]
+    assert sorted(s.args.get("captured", 0) for s in launches) == [0] + [begin.args["capture"]] * 3
+    inst, = by["cuGraphInstantiate"]
+    assert inst.args["graph"] == did["graph"] and inst.args["graph_exec"] == did["exec"]
+    runs = by["cuGraphLaunch"]
+    assert len(runs) == did["launches"] == 3
+    assert all(r.args["graph_id"] == did["graph"] and r.args["kernel_count"] == 3 for r in runs)
+    g = summary["gpu"]["graphs"][str(did["pid"])]
+    cap, = [c for c in g["captures"] if c["graph"]]
+    assert (cap["graph"], cap["kernel_count"], cap["stream"]) == (did["graph"], 3, "0x5151")
+    x, = g["executables"]
+    assert (x["graph_exec"], x["graph"], x["launches"], x["kernel_count"]) == \
+        (did["exec"], did["graph"], 3, 3)

@@ -19,18 +19,56 @@ typedef int CUresult;
 typedef uint64_t CUdeviceptr;
 typedef void *CUfunction, *CUkernel, *CUmodule, *CUlibrary, *CUstream, *CUgraphExec;
 #define NO_DEVICE 100
+#define INVALID_VALUE_ 1
 
 CUresult cuModuleGetFunction(CUfunction *f, CUmodule m, const char *name)
 { (void)m; (void)name; *f = (CUfunction)0xf00dULL; return 0; }
 CUresult cuLibraryGetKernel(CUkernel *k, CUlibrary l, const char *name)
 { (void)l; (void)name; *k = (CUkernel)0xbeefULL; return 0; }
+/* Graphs: a stream in capture records launches as nodes (they succeed and
+ * do not run); EndCapture returns graph 0x6000 + n, instantiation exec
+ * 0x7000 + n; launching a known exec succeeds. standin_graph_nodes(g) and
+ * standin_graph_launches(exec) say what happened. */
+#define MAX_GRAPHS 16
+static CUstream capturing;
+static unsigned capture_nodes, graph_nodes[MAX_GRAPHS], exec_graph[MAX_GRAPHS], exec_launches[MAX_GRAPHS];
+static unsigned n_graphs, n_execs;
+
+static CUresult stub_launch(CUstream s)
+{
+    if (capturing && s == capturing) { capture_nodes++; return 0; }
+    return NO_DEVICE;
+}
+
 CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
                         unsigned by, unsigned bz, unsigned shared, CUstream s, void **params,
                         void **extra)
-{ (void)f; (void)gx; (void)gy; (void)gz; (void)bx; (void)by; (void)bz; (void)shared; (void)s;
-  (void)params; (void)extra; return NO_DEVICE; }
-CUresult cuLaunchKernelEx(const void *config, CUfunction f, void **params, void **extra)
-{ (void)config; (void)f; (void)params; (void)extra; return NO_DEVICE; }
+{ (void)f; (void)gx; (void)gy; (void)gz; (void)bx; (void)by; (void)bz; (void)shared;
+  (void)params; (void)extra; return stub_launch(s); }
+typedef struct { unsigned g[3], b[3], smem; CUstream stream; void *attrs; unsigned nattrs; } CUlaunchConfig;
+CUresult cuLaunchKernelEx(const CUlaunchConfig *config, CUfunction f, void **params, void **extra)
+{ (void)f; (void)params; (void)extra; return stub_launch(config->stream); }
+CUresult cuStreamBeginCapture_v2(CUstream s, int mode)
+{ (void)mode; if (capturing || !s) return INVALID_VALUE_; capturing = s; capture_nodes = 0; return 0; }
+CUresult cuStreamEndCapture(CUstream s, void **graph)
+{
+    if (!capturing || s != capturing || n_graphs >= MAX_GRAPHS) return INVALID_VALUE_;
+    capturing = 0;
+    graph_nodes[n_graphs] = capture_nodes;
+    *graph = (void *)(uintptr_t)(0x6000 + n_graphs++);
+    return 0;
+}
+CUresult cuGraphInstantiateWithFlags(void **exec, void *graph, unsigned long long flags)
+{
+    unsigned g = (unsigned)((uintptr_t)graph - 0x6000);
+    (void)flags;
+    if (g >= n_graphs || n_execs >= MAX_GRAPHS) return INVALID_VALUE_;
+    exec_graph[n_execs] = g;
+    *exec = (void *)(uintptr_t)(0x7000 + n_execs++);
+    return 0;
+}
+unsigned standin_graph_nodes(void *graph) { return graph_nodes[(uintptr_t)graph - 0x6000]; }
+unsigned standin_graph_launches(void *exec) { return exec_launches[(uintptr_t)exec - 0x7000]; }
 CUresult cuMemcpyHtoD_v2(CUdeviceptr d, const void *s, size_t n) { (void)d; (void)s; (void)n; return NO_DEVICE; }
 CUresult cuMemcpyDtoH_v2(void *d, CUdeviceptr s, size_t n) { (void)d; (void)s; (void)n; return NO_DEVICE; }
 CUresult cuMemcpyDtoD_v2(CUdeviceptr d, CUdeviceptr s, size_t n) { (void)d; (void)s; (void)n; return NO_DEVICE; }
@@ -84,4 +122,11 @@ CUresult cuMemAlloc_v2(CUdeviceptr *p, size_t n) { return stub_alloc(p, n); }
 CUresult cuMemFree_v2(CUdeviceptr p) { return stub_free(p); }
 CUresult cuMemAllocAsync(CUdeviceptr *p, size_t n, CUstream s) { (void)s; return stub_alloc(p, n); }
 CUresult cuMemFreeAsync(CUdeviceptr p, CUstream s) { (void)s; return stub_free(p); }
-CUresult cuGraphLaunch(CUgraphExec g, CUstream s) { (void)g; (void)s; return NO_DEVICE; }
+CUresult cuGraphLaunch(CUgraphExec g, CUstream s)
+{
+    unsigned e = (unsigned)((uintptr_t)g - 0x7000);
+    (void)s;
+    if (e >= n_execs) return NO_DEVICE;
+    exec_launches[e]++;
+    return 0;
+}
