@@ -5,11 +5,14 @@ probe puts on allocation spans, probes/cudamem.py): peak, what is held at
 the end, and the allocations never freed, each with the Python line that
 made it (the span's `py`); CUDA graphs per process: each capture with the
 graph it made and its kernels, each executable graph with its launches
-(probes/cudagraphs.py puts the ids on the spans)."""
+(probes/cudagraphs.py puts the ids on the spans); and the estimated busy
+time per stream (gputime.py over probes/gpubusy.py's counters)."""
 
 from __future__ import annotations
 
-from gpuscope.probes.events import CUDA, Event, Instant, Span
+from gpuscope.probes.events import CUDA, CounterSample, Event, Instant, Span
+
+from .gputime import ESTIMATE_LABEL, GpuTime
 
 MAX_LISTED = 100   # never-freed allocations listed per process (largest first); all are summed
 
@@ -22,6 +25,7 @@ class GpuSummary:
         self.live: dict[int, dict[str, dict]] = {}   # pid -> ptr -> the allocation
         self.captures: dict[int, dict[int, dict]] = {}   # pid -> capture number -> capture
         self.execs: dict[int, dict[str, dict]] = {}   # pid -> exec id -> its launches
+        self.time = GpuTime()
 
     def feed(self, batch: list[Event]) -> None:
         for ev in batch:
@@ -34,6 +38,8 @@ class GpuSummary:
                         self._graph(ev)
             elif type(ev) is Instant and ev.cat == CUDA:
                 self._instant(ev)
+            elif type(ev) is CounterSample:
+                self.time.add(ev)
 
     def _instant(self, ev: Instant) -> None:
         a = ev.args
@@ -115,4 +121,14 @@ class GpuSummary:
                                     for py, (n, b) in sorted(lines.items(), key=lambda kv: -kv[1][1])]}
         return {"libraries": [{**self.libraries[p], "mapped_by": self.mapped.get(p, {})}
                               for p in sorted(self.libraries)],
-                "memory": memory, "graphs": self._graphs()}
+                "memory": memory, "graphs": self._graphs(), "busy_estimate": self._busy()}
+
+    def _busy(self) -> dict:
+        out = {}
+        for pid, streams in sorted(self.time.busy.items()):
+            out[str(pid)] = {
+                "label": ESTIMATE_LABEL,
+                "busy_ms": round(sum(e - s for s, e in self.time.estimate(pid)) / 1e6, 3),
+                "streams": {st: {"busy_ms": round(sum(e - s for s, e in ivs) / 1e6, 3),
+                                 "intervals": len(ivs)} for st, ivs in sorted(streams.items())}}
+        return out

@@ -17,6 +17,7 @@ from collections import Counter, defaultdict
 from gpuscope.probes.events import CounterSample, Instant, Span, StackSample, ThreadName
 from gpuscope.probes.sampler import RATE_TRACK
 
+from .gputime import GpuTime
 from .steps import COMM, COMPUTE, DATA, H2D, SYNC, build_steps, confidence
 
 HIGH, MODERATE = 0.20, 0.05
@@ -70,6 +71,7 @@ class StallAnalysis:
         self.names: dict[int, str] = {}
         self.h2d_bytes = 0
         self.first_ts = self.last_ts = 0
+        self.gpu = GpuTime()   # how busy the GPU was: NVML, or the launch-to-sync estimate
 
     # -- feeding -------------------------------------------------------------
     def feed(self, batch) -> None:
@@ -89,6 +91,8 @@ class StallAnalysis:
                 # The overhead budget lowered (or restored) the sampling rate: a sample
                 # may stand for a longer time from now on.
                 self.slowest_period = max(self.slowest_period, int(1e9 / ev.value))
+            elif t is CounterSample:
+                self.gpu.add(ev)
 
     def _span(self, s: Span) -> None:
         if s.cat == "io" and s.name in _DATA_IO and _is_data_file(s.args.get("path")):
@@ -234,6 +238,7 @@ class StallAnalysis:
         if self.slowest_period > self.requested_period and conf == "high":
             conf = "medium"   # the budget lowered the sampling rate: fewer samples per step
         headline = self._headline(level, share, findings, steps)
+        gpu = self.gpu.for_verdict(steps[0].start_ns, steps[-1].end_ns, self._median_ms(steps), findings)
         return {
             "verdict": {"input_bound": level, "data_wait_share": round(share, 4),
                         "confidence": conf, "primary": primary, "headline": headline,
@@ -243,7 +248,7 @@ class StallAnalysis:
                         "breakdown": {k: round(v / sampled, 4) for k, v in sorted(phase_ns.items())},
                         "workers": len(self.workers), "cores": self.cores,
                         "training_loop": {"pid": self.main_pid, "tid": self.main_tid},
-                        "training_loops_seen": len(self.loops)},
+                        "training_loops_seen": len(self.loops), "gpu_busy": gpu},
             "steps": [s.as_dict() for s in steps],
             "stall_frames": [{"stack": list(k), "samples": n} for k, n in self.stall_frames.most_common(15)],
             "main_wait_frames": [{"stack": list(k), "samples": n} for k, n in self.main_frames.most_common(5)],

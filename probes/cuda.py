@@ -28,6 +28,7 @@ from .cudagraphs import LAUNCHES as GRAPH_LAUNCHES
 from .cudamem import DeviceMemory
 from .demangle import demangle
 from .events import CUDA, CounterSample, Event, Span
+from .gpubusy import BusyEstimate
 from .gpulibs import CUDART, DRIVER, Symbolizer
 from .kernel import Probe
 from .libprobes import LibraryAttacher
@@ -143,6 +144,7 @@ class CudaProbe(Probe):
         self.rates = Rates()
         self.memory = DeviceMemory()
         self.graphs = Graphs()
+        self.busy = BusyEstimate()
         self._pending: list[Event] = []   # made outside decode/tick (process exits)
         self._names: dict[str, str] = {}
         # cudaGetErrorName from a libcudart the target uses (None: not looked up yet)
@@ -171,6 +173,7 @@ class CudaProbe(Probe):
     def on_exit(self, pid: int) -> None:
         self.memory.on_exit(pid, time.monotonic_ns(), self._pending)
         self.graphs.on_exit(pid)
+        self.busy.on_exit(pid)
         self.symbolizer.forget(pid)
         self.handles = {k: v for k, v in self.handles.items() if k[0] != pid}
 
@@ -299,6 +302,7 @@ class CudaProbe(Probe):
         self.memory.add(fn, pid, e.end, ret, args, out)
         if fn in LAUNCHES:
             self.graphs.on_launch(fn, pid, e.tid, e.start, e.end, args)
+        self.busy.add(fn, pid, e.start, e.end, args, out)
         out.append(Span(CUDA, fn, pid, e.tid, e.start, e.end, args))
         self.rates.add(fn, pid, e.tid, e.start, e.end, args)
 

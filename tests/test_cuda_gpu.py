@@ -95,3 +95,22 @@ def test_graphs_match_the_standin(tmp_path):
     x, = g["executables"]
     assert (x["graph_exec"], x["graph"], x["launches"], x["kernel_count"]) == \
         (did["exec"], did["graph"], 3, 3)
+
+
+def test_busy_estimate_matches_the_standin(tmp_path):
+    """Per stream, the estimate is the stand-in's busy time plus how late the
+    syncs that waited for it returned (what "launch to sync" measures), give
+    or take the few µs between a probe firing and the stand-in reading its
+    clock (2 ms allowed, for a preemption there on a loaded machine)."""
+    did, summary, t, _ = run_target(tmp_path, "busy_calls.py", env={"STUB_KERNEL_US": "5000"},
+                                    flags=("--no-python",))
+    est = summary["gpu"]["busy_estimate"][str(did["pid"])]
+    assert est["label"].startswith("estimate")
+    for stream, truth in did["streams"].items():
+        got = est["streams"][stream]
+        want_ms = (truth["busy_ns"] + truth["late_ns"]) / 1e6
+        assert abs(got["busy_ms"] - want_ms) <= 2.0, (stream, got, truth)
+    assert est["streams"]["0xa1"]["intervals"] == 2 and est["streams"]["0xb2"]["intervals"] == 1
+    assert did["streams"]["0xa1"]["busy_ns"] == 25_000_000   # the 30 ms host gap is not busy
+    steps = t.counter_named("GPU busy (estimate) 0xa1")
+    assert [v for _, v in steps] == [1, 0, 1, 0]

@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 
 typedef int CUresult;
@@ -34,10 +35,11 @@ static CUstream capturing;
 static unsigned capture_nodes, graph_nodes[MAX_GRAPHS], exec_graph[MAX_GRAPHS], exec_launches[MAX_GRAPHS];
 static unsigned n_graphs, n_execs;
 
+static CUresult enqueue(CUstream s, unsigned kernels);
 static CUresult stub_launch(CUstream s)
 {
     if (capturing && s == capturing) { capture_nodes++; return 0; }
-    return NO_DEVICE;
+    return enqueue(s, 1);
 }
 
 CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
@@ -81,8 +83,76 @@ CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr d, CUdeviceptr s, size_t n, CUstream s
 CUresult cuMemcpy(CUdeviceptr d, CUdeviceptr s, size_t n) { (void)d; (void)s; (void)n; return NO_DEVICE; }
 CUresult cuMemcpyAsync(CUdeviceptr d, CUdeviceptr s, size_t n, CUstream st)
 { (void)d; (void)s; (void)n; (void)st; return NO_DEVICE; }
-CUresult cuStreamSynchronize(CUstream s) { (void)s; usleep(2000); return NO_DEVICE; }
-CUresult cuCtxSynchronize(void) { usleep(2000); return NO_DEVICE; }
+/* A GPU clock: with $STUB_KERNEL_US set, a launch outside a capture succeeds
+ * and keeps its stream busy that long after the stream's earlier work (a
+ * graph launch: that long per node); a synchronisation sleeps until the
+ * work it waits for is done, then returns 0. standin_stream_busy_ns(s) is
+ * how long s was busy, standin_stream_late_ns(s) how long after its work was
+ * done the syncs that waited for it returned (their own 2 ms, oversleep).
+ * Without it, launches fail and syncs sleep 2 ms and fail (NO_DEVICE). */
+#define MAX_STREAMS 8
+static CUstream st_id[MAX_STREAMS];
+static uint64_t st_end[MAX_STREAMS], st_busy[MAX_STREAMS], st_late[MAX_STREAMS];
+static uint64_t st_pending[MAX_STREAMS];   /* work not yet waited for */
+
+static uint64_t now_ns(void)
+{ struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return (uint64_t)t.tv_sec * 1000000000ULL + t.tv_nsec; }
+
+static long kernel_ns(void) { const char *v = getenv("STUB_KERNEL_US"); return v ? atol(v) * 1000L : 0; }
+
+static int stream_slot(CUstream s)
+{
+    for (int i = 0; i < MAX_STREAMS; i++)
+        if (st_id[i] == s || !st_id[i]) { st_id[i] = s; return i; }
+    return -1;
+}
+
+static CUresult enqueue(CUstream s, unsigned kernels)
+{
+    long k = kernel_ns();
+    int i = stream_slot(s);
+    if (!k || i < 0) return NO_DEVICE;
+    uint64_t t = now_ns(), begin = st_end[i] > t ? st_end[i] : t;
+    st_end[i] = begin + (uint64_t)k * kernels;
+    st_busy[i] += st_end[i] - begin;
+    st_pending[i] = 1;
+    return 0;
+}
+
+static void wait_until(uint64_t t)
+{
+    for (uint64_t n = now_ns(); n < t; n = now_ns()) {
+        struct timespec d = {0, (long)(t - n)};
+        nanosleep(&d, NULL);
+    }
+}
+
+static void waited(int i, uint64_t ret)
+{ if (st_pending[i]) { st_late[i] += ret - st_end[i]; st_pending[i] = 0; } }
+
+CUresult cuStreamSynchronize(CUstream s)
+{
+    int i = stream_slot(s);
+    if (!kernel_ns() || i < 0) { usleep(2000); return NO_DEVICE; }
+    wait_until(st_end[i]);
+    usleep(2000);
+    waited(i, now_ns());
+    return 0;
+}
+CUresult cuCtxSynchronize(void)
+{
+    uint64_t end = 0;
+    for (int i = 0; i < MAX_STREAMS; i++)
+        end = st_end[i] > end ? st_end[i] : end;
+    wait_until(end);
+    usleep(2000);
+    uint64_t t = now_ns();
+    for (int i = 0; i < MAX_STREAMS; i++)
+        waited(i, t);
+    return kernel_ns() ? 0 : NO_DEVICE;
+}
+uint64_t standin_stream_busy_ns(CUstream s) { int i = stream_slot(s); return i < 0 ? 0 : st_busy[i]; }
+uint64_t standin_stream_late_ns(CUstream s) { int i = stream_slot(s); return i < 0 ? 0 : st_late[i]; }
 #define INVALID_VALUE 1
 #define MAX_LIVE 256
 static CUdeviceptr next_ptr = 0xd000, live_ptr[MAX_LIVE];
@@ -125,8 +195,8 @@ CUresult cuMemFreeAsync(CUdeviceptr p, CUstream s) { (void)s; return stub_free(p
 CUresult cuGraphLaunch(CUgraphExec g, CUstream s)
 {
     unsigned e = (unsigned)((uintptr_t)g - 0x7000);
-    (void)s;
     if (e >= n_execs) return NO_DEVICE;
     exec_launches[e]++;
+    enqueue(s, graph_nodes[exec_graph[e]]);
     return 0;
 }
