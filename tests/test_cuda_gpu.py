@@ -15,11 +15,14 @@ import sys
 from pathlib import Path
 
 import jsonschema
+import pytest
 from test_cuda import CUDART, GPU_TARGETS, _need
 from test_verdict import SCHEMA
 
+from gpuscope.collector.gputime import ESTIMATE_LABEL
+
 import tracecheck
-from conftest import GPUSCOPE
+from conftest import GPUSCOPE, Gpuscope, Target
 
 MiB = 1 << 20
 
@@ -114,3 +117,47 @@ def test_busy_estimate_matches_the_standin(tmp_path):
     assert did["streams"]["0xa1"]["busy_ns"] == 25_000_000   # the 30 ms host gap is not busy
     steps = t.counter_named("GPU busy (estimate) 0xa1")
     assert [v for _, v in steps] == [1, 0, 1, 0]
+
+
+@pytest.mark.parametrize("nvml", [False, True], ids=["estimate", "nvml-per-process"])
+def test_verdict_quotes_gpu_busy(tmp_path, nvml):
+    """Without NVML the verdict's GPU figure is the launch-to-sync estimate
+    (about what the stand-in was busy, plus its syncs' lateness, over the
+    loop); with NVML's per-process utilisation (the NVML stand-in reports
+    77 % for the target) it is that."""
+    stub = tmp_path / "driver" / "libcuda.so.1"
+    stub.parent.mkdir()
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-Wl,-soname,libcuda.so.1", "-o", str(stub),
+                    str(GPU_TARGETS / "libcuda_stub.c")], check=True)
+    env = {**os.environ, "LD_LIBRARY_PATH": str(stub.parent), "STUB_KERNEL_US": "5000"}
+    target = Target([sys.executable, str(GPU_TARGETS / "gpu_loop.py"), "60"], env=env)
+    genv = dict(os.environ)
+    if nvml:
+        (tmp_path / "nvml").mkdir()
+        subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-Wl,-soname,libnvidia-ml.so.1", "-o",
+                        str(tmp_path / "nvml" / "libnvidia-ml.so.1"),
+                        str(GPU_TARGETS / "libnvidia_ml_stub.c")], check=True)
+        genv.update(LD_LIBRARY_PATH=str(tmp_path / "nvml"), STUB_NVML_PID=str(target.pid))
+    out = tmp_path / "loop.pftrace"
+    g = Gpuscope(["attach", "-p", str(target.pid), "-o", str(out), "--no-sched"], env=genv)
+    try:
+        g.wait_attached()
+        did = target.go()
+        rc, err = g.finish()
+    finally:
+        target.kill()
+        if g.proc.poll() is None:
+            g.proc.kill()
+    assert rc == 0, err
+    summary = json.loads(out.with_suffix(".summary.json").read_text())
+    jsonschema.validate(summary, SCHEMA)
+    v = summary["verdict"]
+    assert v["input_bound"] != "unknown", v["headline"]
+    gpu = v["gpu_busy"]
+    if nvml:
+        assert gpu == {"share": 0.77, "source": "nvml per-process SM utilization"}
+    else:
+        assert gpu["source"] == ESTIMATE_LABEL
+        truth = (did["busy_ns"] + did["late_ns"]) / (did["end_ns"] - did["start_ns"])
+        assert abs(gpu["share"] - truth) <= 0.1, (gpu, truth)
+    assert any(f"GPU busy {gpu['share']:.0%}" in e for e in v["findings"][0]["evidence"])
