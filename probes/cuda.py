@@ -207,7 +207,8 @@ class CudaProbe(Probe):
     def _cudart_error_name(self, ret: int) -> str | None:
         if self._geterror is None:
             self._geterror = False
-            for path in self.libs.attached:
+            # one the target mapped first (a searched one may be another version)
+            for path in sorted(self.libs.attached, key=lambda p: p not in self.libs.mapped):
                 if os.path.basename(path).startswith("libcudart.so"):
                     try:
                         f = ctypes.CDLL(path).cudaGetErrorName
