@@ -25,10 +25,10 @@ from typing import Any, Literal
 
 from .cudagraphs import BEGINS, ENDS, INSTANTIATES, Graphs
 from .cudagraphs import LAUNCHES as GRAPH_LAUNCHES
-from .cudamem import DeviceMemory
+from .cudamem import ALLOCS, FREES, DeviceMemory
 from .demangle import demangle
 from .events import CUDA, CounterSample, Event, Span
-from .gpubusy import BusyEstimate
+from .gpubusy import DEVICE_SYNCS, STREAM_SYNCS, WORK, BusyEstimate
 from .gpulibs import CUDART, DRIVER, Symbolizer
 from .kernel import Probe
 from .libprobes import LibraryAttacher
@@ -90,6 +90,8 @@ LAUNCHES = {"cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaun
 SYNCS = {"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize",
          "cuStreamSynchronize", "cuCtxSynchronize"}
 GRAPH_CALLS = BEGINS | ENDS | INSTANTIATES
+MEMORY_FNS = ALLOCS | FREES
+BUSY_FNS = WORK | STREAM_SYNCS | DEVICE_SYNCS
 _DRIVER_H2D = {"cuMemcpyHtoD", "cuMemcpyHtoDAsync"}
 _DRIVER_D2H = {"cuMemcpyDtoH", "cuMemcpyDtoHAsync"}
 
@@ -300,10 +302,12 @@ class CudaProbe(Probe):
         args["ret"] = ret
         if ret:
             args["error"] = self.error_name(fn, ret)
-        self.memory.add(fn, pid, e.end, ret, args, out)
-        if fn in LAUNCHES:
+        if fn in MEMORY_FNS:
+            self.memory.add(fn, pid, e.end, ret, args, out)
+        if self.graphs.captures and fn in LAUNCHES:
             self.graphs.on_launch(fn, pid, e.tid, e.start, e.end, args)
-        self.busy.add(fn, pid, e.start, e.end, args, out)
+        if fn in BUSY_FNS:
+            self.busy.add(fn, pid, e.start, e.end, args, out)
         out.append(Span(CUDA, fn, pid, e.tid, e.start, e.end, args))
         self.rates.add(fn, pid, e.tid, e.start, e.end, args)
 
