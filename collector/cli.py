@@ -4,6 +4,7 @@ what to do and a non-zero exit, never a traceback."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import subprocess
 import sys
@@ -137,7 +138,8 @@ def cmd_run(args) -> int:
         os.close(w)
 
     try:
-        capture(CaptureOptions.from_args(args), child.pid, on_attached=release, command=cmd)
+        opts = dataclasses.replace(CaptureOptions.from_args(args), launch=tuple(cmd))
+        capture(opts, child.pid, on_attached=release, command=cmd)
     finally:
         try:
             os.close(w)

@@ -42,7 +42,7 @@ def findings(a, steps, wall, share, phase_ns) -> list[dict]:
     if share < MODERATE:
         add("not_input_bound", f"Not input-bound: {share:.1%} of step time waits for data",
             "info", 0, {"data_wait_share": round(share, 4), **({"producer": prod} if own else {})},
-            [f"{len(steps)} steps, median {_median_ms(steps):.1f} ms, data wait {stall_ms / len(steps):.1f} ms/step"]
+            [f"{len(steps)} steps, median {median_ms(steps):.1f} ms, data wait {stall_ms / len(steps):.1f} ms/step"]
             + prod_ev, "Look at compute: the input pipeline keeps up.")
     sev = "high" if share >= HIGH else "medium"
     lat = sorted(a.read_lat)
@@ -148,7 +148,7 @@ def concurrent_workers(a) -> int:
         best = max(best, cur)
     return best
 
-def _median_ms(steps) -> float:
+def median_ms(steps) -> float:
     return sorted(s.wall_ns for s in steps)[len(steps) // 2] / 1e6
 
 def headline(level, share, findings, steps) -> str:

@@ -40,6 +40,9 @@ class CaptureOptions:
     output: str | None = None       # trace path; None: gpuscope-PID-TIME.pftrace
     quiet: bool = False             # no status line
     ebpf: bool = False              # print the eBPF program instead of loading it
+    # `run`'s command: the GPU libraries its interpreter can load are probed
+    # before it is released (gpufind); empty for `attach`.
+    launch: tuple[str, ...] = ()
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, base: CaptureOptions | None = None
@@ -166,13 +169,16 @@ def build_sources(opts: CaptureOptions) -> list[Source]:
     if opts.cuda:
         from gpuscope.probes.cuda import CudaProbe
 
-        cuda = CudaProbe()
+        cuda = CudaProbe(launch=opts.launch)
         proc.listeners.append(cuda)
+        io.listeners.append(cuda)
         probes.append(cuda)
     if opts.nccl:
         from gpuscope.probes.nccl import NcclProbe
 
-        probes.append(NcclProbe())
+        nccl = NcclProbe(launch=opts.launch)
+        io.listeners.append(nccl)
+        probes.append(nccl)
     if opts.torch:
         from gpuscope.probes.torchops import TorchProbe
 

@@ -21,6 +21,7 @@ from gpuscope.probes.events import (
 )
 from gpuscope.probes.source import SourceStats
 
+from .gpusummary import GpuSummary
 from .liveindex import IndexedWriter
 from .summary import write_summary
 from .timeline import Timeline
@@ -53,6 +54,7 @@ class Recording:
         self.writer = IndexedWriter.for_trace(output)
         self.timeline = Timeline(self.writer)
         self.analysis = analysis        # the stall analysis: feed(batch), result()
+        self.gpu = GpuSummary()         # the summary's gpu section
         self.counts: dict[str, int] = {}  # events written, per category
         self.result: dict = {}
         self.notices: list[str] = []
@@ -70,6 +72,7 @@ class Recording:
                 if k:
                     counts[k] = counts.get(k, 0) + 1
         self.writer.flush()
+        self.gpu.feed(batch)
         if self.analysis is not None:
             try:
                 self.analysis.feed(batch)
@@ -144,7 +147,7 @@ class Recording:
             cap.summary = write_summary(cap, pid=self.pid, command=self.command,
                                         writer=self.writer, attach_s=attach_s,
                                         counts=self.counts, result=self.result,
-                                        overhead=overhead)
+                                        overhead=overhead, gpu=self.gpu.result())
         except OSError as e:   # the same full disk, most likely: the capture still reports
             cap.notices.append(f"summary not written ({cap.summary_path}): {e.strerror or e}")
             cap.summary_path = ""

@@ -18,13 +18,21 @@ from gpuscope.probes.events import CounterSample, Instant, Span, StackSample, Th
 from gpuscope.probes.sampler import RATE_TRACK
 
 from . import mainphase
-from .findings import HIGH, MODERATE
+from .findings import HIGH, MODERATE, median_ms
 from .findings import findings as find
 from .findings import headline as headline_of
+from .gputime import GpuTime
 from .mainphase import in_frames as _in
 from .mainphase import label as _label
 from .sizing import sizing
-from .steps import COMPUTE, DATA, Markers, build_marked_steps, build_steps, confidence
+from .steps import (
+    COMPUTE,
+    DATA,
+    Markers,
+    build_marked_steps,
+    build_steps,
+    confidence,
+)
 
 _NON_FILES = ("pipe:", "socket:", "anon_inode:", "/dev/", "/proc/", "/sys/", "eventfd", "pipe",
               "socket", "memfd", "/memfd:")
@@ -76,6 +84,7 @@ class StallAnalysis:
         self.cuda_calls = 0
         self.dataloader_seen = False                    # the loop takes batches from a DataLoader
         self.main_io = [0, 0, 0, 0]                     # the loop thread's data-file bytes, calls, ns, mmaps
+        self.gpu = GpuTime()   # how busy the GPU was: NVML, or the launch-to-sync estimate
 
     # -- feeding -------------------------------------------------------------
     def feed(self, batch) -> None:
@@ -95,6 +104,8 @@ class StallAnalysis:
                 # The overhead budget lowered (or restored) the sampling rate: a sample
                 # may stand for a longer time from now on.
                 self.slowest_period = max(self.slowest_period, int(1e9 / ev.value))
+            elif t is CounterSample:
+                self.gpu.add(ev)
 
     def _span(self, s: Span) -> None:
         if s.cat == "torch":
@@ -258,6 +269,7 @@ class StallAnalysis:
             conf = "medium"   # the budget lowered the sampling rate: fewer samples per step
             basis += f"; sampling rate lowered to {1e9 / self.slowest_period:.0f} Hz by the budget"
         headline = headline_of(level, share, findings, steps)
+        gpu = self.gpu.for_verdict(steps[0].start_ns, steps[-1].end_ns, median_ms(steps), findings)
         return {
             "verdict": {"input_bound": level, "data_wait_share": round(share, 4),
                         "confidence": conf, "confidence_basis": basis,
@@ -271,7 +283,7 @@ class StallAnalysis:
                         "training_loop": {"pid": self.main_pid, "tid": self.main_tid},
                         "training_loops_seen": len(self.loops),
                         "data_producers": mainphase.by_function(self.producers),
-                        "sizing": sizing(self, steps, share)},
+                        "sizing": sizing(self, steps, share), "gpu_busy": gpu},
             "steps": [s.as_dict() for s in steps],
             "stall_frames": [{"stack": list(k), "samples": n} for k, n in self.stall_frames.most_common(15)],
             "main_wait_frames": [{"stack": list(k), "samples": n} for k, n in self.main_frames.most_common(5)],

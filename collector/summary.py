@@ -13,7 +13,8 @@ SCHEMA_VERSION = 1
 
 
 def write_summary(cap, *, pid: int, command: list[str], writer, attach_s: float,
-                  counts: dict[str, int], result: dict, overhead: dict | None = None) -> dict:
+                  counts: dict[str, int], result: dict, overhead: dict | None = None,
+                  gpu: dict | None = None) -> dict:
     doc = {
         "schema_version": SCHEMA_VERSION,
         "gpuscope": "0.1.0",
@@ -34,6 +35,8 @@ def write_summary(cap, *, pid: int, command: list[str], writer, attach_s: float,
         "notices": cap.notices,
         # gpuscope's own cost and the detail it gave up to stay within --max-overhead.
         "overhead": overhead,
+        # GPU libraries probed, device memory, graphs, estimated busy time (gpusummary).
+        "gpu": gpu,
     }
     # The stall analysis: verdict, steps, stall_frames, main_wait_frames, top_files.
     doc.update(result or {})

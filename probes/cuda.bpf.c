@@ -58,8 +58,10 @@ static __always_inline int cuda_leave(struct pt_regs *ctx, u32 fn, int rmode)
     e->ret = (s32)PT_REGS_RC(ctx);
     __builtin_memcpy(e->a, c->a, sizeof(e->a));
     __builtin_memcpy(e->x, c->x, sizeof(e->x));
-    if (rmode != R_NONE)
+    if (rmode == R_OUT || rmode == R_NAME)
         bpf_probe_read_user(&e->x[0], sizeof(u64), (void *)c->a[0]);
+    else if (rmode == R_OUT2)
+        bpf_probe_read_user(&e->x[0], sizeof(u64), (void *)c->a[1]);
     if (rmode == R_NAME)
         bpf_probe_read_user_str(e->name, sizeof(e->name), (void *)c->a[2]);
     cuda_inflight.delete(&key);
@@ -90,6 +92,11 @@ CUDA_PROBE(cudaFree, X_NONE, R_NONE)
 CUDA_PROBE(cudaMallocAsync, X_NONE, R_OUT)
 CUDA_PROBE(cudaFreeAsync, X_NONE, R_NONE)
 CUDA_PROBE(cudaGraphLaunch, X_NONE, R_NONE)
+// Graphs: capture begin(stream, mode) / end(stream, &graph), instantiate(&exec, graph, ...).
+CUDA_PROBE(cudaStreamBeginCapture, X_NONE, R_NONE)
+CUDA_PROBE(cudaStreamEndCapture, X_NONE, R_OUT2)
+CUDA_PROBE(cudaGraphInstantiate, X_NONE, R_OUT)
+CUDA_PROBE(cudaGraphInstantiateWithFlags, X_NONE, R_OUT)
 
 // cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shared, stream, params, extra): bz,
 // shared and stream are on the stack.
@@ -112,3 +119,6 @@ CUDA_PROBE(cuMemFreeAsync, X_NONE, R_NONE)
 CUDA_PROBE(cuGraphLaunch, X_NONE, R_NONE)
 CUDA_PROBE(cuModuleGetFunction, X_NONE, R_NAME)
 CUDA_PROBE(cuLibraryGetKernel, X_NONE, R_NAME)
+CUDA_PROBE(cuStreamBeginCapture, X_NONE, R_NONE)
+CUDA_PROBE(cuStreamEndCapture, X_NONE, R_OUT2)
+CUDA_PROBE(cuGraphInstantiate, X_NONE, R_OUT)

@@ -23,6 +23,10 @@
 #define FN_cudaMallocAsync 15
 #define FN_cudaFreeAsync 16
 #define FN_cudaGraphLaunch 17
+#define FN_cudaStreamBeginCapture 18
+#define FN_cudaStreamEndCapture 19
+#define FN_cudaGraphInstantiate 20
+#define FN_cudaGraphInstantiateWithFlags 21
 
 #define FN_cuLaunchKernel 50
 #define FN_cuLaunchKernelEx 51
@@ -43,6 +47,9 @@
 #define FN_cuGraphLaunch 66
 #define FN_cuModuleGetFunction 67
 #define FN_cuLibraryGetKernel 68
+#define FN_cuStreamBeginCapture 69
+#define FN_cuStreamEndCapture 70
+#define FN_cuGraphInstantiate 71
 
 // What the entry probe saves besides the six register arguments (x[]).
 #define X_NONE 0
@@ -52,6 +59,7 @@
 #define R_NONE 0
 #define R_OUT 1     // x[0] = *(u64 *)a[0]: the pointer/handle an out-parameter received
 #define R_NAME 2    // R_OUT, and name = the string a[2] points to (cuModuleGetFunction)
+#define R_OUT2 3    // x[0] = *(u64 *)a[1]: the second argument is the out-parameter
 
 #define CUDA_NX 5
 #define CUDA_NAME_LEN 64

@@ -5,10 +5,11 @@ and per-process rates derived from the calls (launches/s, H2D and D2H
 bytes/s, share of time in synchronisation).
 
 The spans are host-side: how long the call took on the CPU (a launch
-enqueues, a synchronisation waits). Libraries are found in /proc/PID/maps at
-start and every tick, so a lazily loaded CUDA is probed within about a
-second. Each uprobe is attached once for all processes and filtered in the
-kernel on the tracked map.
+enqueues, a synchronisation waits). Libraries are probed before the target
+can call them where that can be known (libprobes: searched by path, on the
+kernel's view of their open, from /proc/PID/maps as a fallback). Each uprobe
+is attached once for all processes and filtered in the kernel on the
+tracked map.
 """
 
 from __future__ import annotations
@@ -18,14 +19,19 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
 
+from .cudagraphs import BEGINS, ENDS, INSTANTIATES, Graphs
+from .cudagraphs import LAUNCHES as GRAPH_LAUNCHES
+from .cudamem import ALLOCS, FREES, DeviceMemory
 from .demangle import demangle
 from .events import CUDA, CounterSample, Event, Span
-from .gpulibs import CUDART, DRIVER, LibraryAttacher, Symbolizer
+from .gpubusy import DEVICE_SYNCS, STREAM_SYNCS, WORK, BusyEstimate
+from .gpulibs import CUDART, DRIVER, Symbolizer
 from .kernel import Probe
+from .libprobes import LibraryAttacher
 
 HERE = Path(__file__).resolve().parent
 
@@ -64,6 +70,12 @@ DRIVER_SYMBOLS = {
     "cuMemFreeAsync": "cuMemFreeAsync", "cuMemFreeAsync_ptsz": "cuMemFreeAsync",
     "cuGraphLaunch": "cuGraphLaunch", "cuGraphLaunch_ptsz": "cuGraphLaunch",
     "cuModuleGetFunction": "cuModuleGetFunction", "cuLibraryGetKernel": "cuLibraryGetKernel",
+    "cuStreamBeginCapture_v2": "cuStreamBeginCapture",
+    "cuStreamBeginCapture_v2_ptsz": "cuStreamBeginCapture",
+    "cuStreamBeginCapture": "cuStreamBeginCapture", "cuStreamBeginCapture_ptsz": "cuStreamBeginCapture",
+    "cuStreamEndCapture": "cuStreamEndCapture", "cuStreamEndCapture_ptsz": "cuStreamEndCapture",
+    "cuGraphInstantiateWithFlags": "cuGraphInstantiate", "cuGraphInstantiate_v2": "cuGraphInstantiate",
+    "cuGraphInstantiate": "cuGraphInstantiate",
 }
 # Worth a notice when a library lacks them (older drivers lack the newest ones).
 REQUIRED = {
@@ -77,6 +89,9 @@ MEMCPY_KINDS = {0: "HtoH", 1: "HtoD", 2: "DtoH", 3: "DtoD", 4: "Default"}
 LAUNCHES = {"cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx"}
 SYNCS = {"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize",
          "cuStreamSynchronize", "cuCtxSynchronize"}
+GRAPH_CALLS = BEGINS | ENDS | INSTANTIATES
+MEMORY_FNS = ALLOCS | FREES
+BUSY_FNS = WORK | STREAM_SYNCS | DEVICE_SYNCS
 _DRIVER_H2D = {"cuMemcpyHtoD", "cuMemcpyHtoDAsync"}
 _DRIVER_D2H = {"cuMemcpyDtoH", "cuMemcpyDtoHAsync"}
 
@@ -118,36 +133,55 @@ class CudaProbe(Probe):
     ring = "cuda_events"
     drop_slot = 3  # DROP_CUDA
 
-    def __init__(self, driver: bool = True, runtime: bool = True):
+    def __init__(self, driver: bool = True, runtime: bool = True, launch: Iterable[str] = ()):
         kinds = {}
         if runtime:
             kinds[CUDART] = RUNTIME_SYMBOLS
         if driver:
             kinds[DRIVER] = DRIVER_SYMBOLS
-        self.libs = LibraryAttacher(kinds, REQUIRED)
+        self.libs = LibraryAttacher(kinds, REQUIRED, launch)
         self.symbolizer = Symbolizer()
         self.table: Any = None   # BCC's ring buffer table once attached (untyped)
         self.handles: dict[tuple[int, int], str] = {}  # (pid, CUfunction) -> kernel name
         self.rates = Rates()
+        self.memory = DeviceMemory()
+        self.graphs = Graphs()
+        self.busy = BusyEstimate()
+        self._pending: list[Event] = []   # made outside decode/tick (process exits)
         self._names: dict[str, str] = {}
         # cudaGetErrorName from a libcudart the target uses (None: not looked up yet)
         self._geterror: Callable[[int], bytes | None] | Literal[False] | None = None
 
     def attach(self, bpf) -> None:
         self.table = bpf[self.ring]
-        self.libs.scan(bpf, self.tracked())
+        self.libs.start(bpf, self.tracked())
+
+    def on_library_open(self, pid: int, path: str, out: list[Event]) -> None:
+        self.libs.on_open(pid, path, out)
+
+    def on_library_mapped(self, pid: int, path: str, ts: int, out: list[Event]) -> None:
+        self.libs.on_map(pid, path, ts, out)
+
+    def initial_events(self, pids: list[int], out: list[Event]) -> None:
+        out += self.libs.take_events()
 
     def tick(self, bpf, out: list[Event]) -> None:
         self.libs.scan(bpf, self.tracked())
+        out += self.libs.take_events()
+        out += self._pending
+        self._pending = []
         self.rates.emit(time.monotonic_ns(), out)
 
     def on_exit(self, pid: int) -> None:
+        self.memory.on_exit(pid, time.monotonic_ns(), self._pending)
+        self.graphs.on_exit(pid)
+        self.busy.on_exit(pid)
         self.symbolizer.forget(pid)
         self.handles = {k: v for k, v in self.handles.items() if k[0] != pid}
 
     def notices(self) -> list[str]:
-        out = self.libs.notices()
-        if not self.libs.attached:
+        out = self.libs.notices() + self.memory.notices()
+        if not self.libs.mapped:
             out.append("cuda: no CUDA runtime or driver library is mapped by the target; "
                        "CUDA calls not traced")
         return out
@@ -175,7 +209,8 @@ class CudaProbe(Probe):
     def _cudart_error_name(self, ret: int) -> str | None:
         if self._geterror is None:
             self._geterror = False
-            for path in self.libs.attached:
+            # one the target mapped first (a searched one may be another version)
+            for path in sorted(self.libs.attached, key=lambda p: p not in self.libs.mapped):
                 if os.path.basename(path).startswith("libcudart.so"):
                     try:
                         f = ctypes.CDLL(path).cudaGetErrorName
@@ -251,8 +286,11 @@ class CudaProbe(Probe):
             args = {"ptr": _hex(a[0])}
         elif fn in ("cudaFreeAsync", "cuMemFreeAsync"):
             args = {"ptr": _hex(a[0]), "stream": _hex(a[1])}
-        elif fn in ("cudaGraphLaunch", "cuGraphLaunch"):
+        elif fn in GRAPH_LAUNCHES:
             args = {"graph": _hex(a[0]), "stream": _hex(a[1])}
+            self.graphs.add(fn, pid, a, x, e.ret, args)
+        elif fn in GRAPH_CALLS:
+            self.graphs.add(fn, pid, a, x, e.ret, args)
         elif fn in ("cuModuleGetFunction", "cuLibraryGetKernel"):
             name = bytes(e.name).split(b"\0", 1)[0].decode("utf-8", "replace")
             name = self._intern(demangle(name))
@@ -264,6 +302,12 @@ class CudaProbe(Probe):
         args["ret"] = ret
         if ret:
             args["error"] = self.error_name(fn, ret)
+        if fn in MEMORY_FNS:
+            self.memory.add(fn, pid, e.end, ret, args, out)
+        if self.graphs.captures and fn in LAUNCHES:
+            self.graphs.on_launch(fn, pid, e.tid, e.start, e.end, args)
+        if fn in BUSY_FNS:
+            self.busy.add(fn, pid, e.start, e.end, args, out)
         out.append(Span(CUDA, fn, pid, e.tid, e.start, e.end, args))
         self.rates.add(fn, pid, e.tid, e.start, e.end, args)
 

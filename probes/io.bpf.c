@@ -92,6 +92,31 @@ static __always_inline int lifecycle_one_by_one(u32 tid, u64 now)
     return 1;
 }
 
+// A GPU library's file name (.../libcu*, .../libnccl*): its open wakes the
+// collector at once, so the CUDA/NCCL uprobes go on before the loader has
+// finished with it (libprobes.py); io.py applies the same test.
+#define GPU_LIB_TAIL 40
+static __always_inline int gpu_library(const char *p, long len)
+{
+    // len counts the NUL. The basename's '/' is looked for in the last
+    // GPU_LIB_TAIL characters, copied out so every index is a constant.
+    char b[GPU_LIB_TAIL + 8] = {};
+    long start = len - 1 - GPU_LIB_TAIL;
+    if (start < 0)
+        start = 0;
+    if (start > IO_PATH_LEN - GPU_LIB_TAIL)
+        return 0;
+    bpf_probe_read_kernel(b, GPU_LIB_TAIL, p + start);
+#pragma unroll
+    for (int k = GPU_LIB_TAIL - 1; k >= 0; k--) {
+        if (b[k] == '/')
+            return b[k + 1] == 'l' && b[k + 2] == 'i' && b[k + 3] == 'b' &&
+                   ((b[k + 4] == 'c' && b[k + 5] == 'u') ||
+                    (b[k + 4] == 'n' && b[k + 5] == 'c' && b[k + 6] == 'c'));
+    }
+    return 0;
+}
+
 static __always_inline int is_lifecycle(u32 kind)
 {
     return kind == IO_OPENAT || kind == IO_OPENAT2 || kind == IO_CLOSE || kind == IO_DUP ||
@@ -169,9 +194,10 @@ static __always_inline int io_exit(u32 kind, s64 ret)
         set_class(tgid, pair[1], CLS_OTHER);
     }
     u32 size = offsetof(struct io_event, path);
+    long plen = 0;
     if ((kind == IO_OPENAT || kind == IO_OPENAT2 || kind == IO_STATX || kind == IO_NEWFSTATAT ||
          kind == IO_MEMFD) && f->path) {
-        bpf_probe_read_user_str(e.path, sizeof(e.path), f->path);
+        plen = bpf_probe_read_user_str(e.path, sizeof(e.path), f->path);
         size = sizeof(e);
         // fstat(fd) is newfstatat(fd, "", AT_EMPTY_PATH): the fd's class.
         // A memfd's name is not a path: it stays not data.
@@ -201,6 +227,8 @@ static __always_inline int io_exit(u32 kind, s64 ret)
                        e.end - e.start, ret < 0) == 0)
         return 0;
     u64 flags = ring_flags(DROP_IO, size, IO_RING_PAGES * 4096);
+    if ((kind == IO_OPENAT || kind == IO_OPENAT2) && ret >= 0 && gpu_library(e.path, plen))
+        flags = BPF_RB_FORCE_WAKEUP;
     if (io_events.ringbuf_output(&e, size, flags) != 0)
         count_drop(DROP_IO);
     return 0;

@@ -33,6 +33,7 @@ _BYTES_KINDS = {2, 3, 4, 5, 6, 7, 8, 15}  # ret is a byte count
 _OFFSET_KINDS = {3, 5, 7, 10, 15}         # offset is an argument
 AT_FDCWD = -100
 _NOT_DATA = ("/dev/", "/proc/", "/sys/", "/memfd:")
+_GPU_LIB, _GPU_LIB2 = "/libcu", "/libnccl"   # as io.bpf.c's gpu_library()
 
 
 def fd_class(link: str) -> int:
@@ -55,6 +56,9 @@ class IoProbe(Probe):
     def __init__(self):
         self.head = None  # struct io_event up to its path, which only some records carry
         self.fds: dict[int, dict[int, str]] = {}
+        # Told when a tracked process opens or maps a file named like a GPU
+        # library (the CUDA/NCCL probes attach their uprobes on the open).
+        self.listeners: list[Probe] = []
 
     def cflags(self) -> list[str]:
         return ["-DHAVE_OPENAT2"] if tracepoint_exists("syscalls", "sys_enter_openat2") else []
@@ -135,6 +139,9 @@ class IoProbe(Probe):
             if kind in _OPENS and ret >= 0:
                 self._table(pid)[ret] = path
                 args["fd"] = ret
+                if _GPU_LIB in path or _GPU_LIB2 in path:
+                    for p in self.listeners:
+                        p.on_library_open(pid, path, out)
         else:
             args["fd"] = fd
             known = self.path_of(pid, fd)
@@ -150,6 +157,9 @@ class IoProbe(Probe):
             args["requested"] = count
         elif kind == 10:  # mmap
             args["length"] = count
+            if ret >= 0 and known and (_GPU_LIB in known or _GPU_LIB2 in known):
+                for p in self.listeners:
+                    p.on_library_mapped(pid, known, start, out)
         if offset >= 0 and kind in _OFFSET_KINDS:
             args["offset"] = offset
         if ret < 0:

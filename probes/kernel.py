@@ -101,6 +101,12 @@ class Probe:
     def on_exit(self, pid: int) -> None:
         """A tracked process exited."""
 
+    def on_library_open(self, pid: int, path: str, out: list[Event]) -> None:
+        """A tracked process opened a file named like a GPU library (io.py)."""
+
+    def on_library_mapped(self, pid: int, path: str, ts: int, out: list[Event]) -> None:
+        """A tracked process mapped such a file at ts (io.py)."""
+
     # PIDs being watched: KernelProbes sets its own when the probe is loaded.
     tracked: Callable[[], list[int]] = staticmethod(_no_pids)
 

@@ -9,11 +9,14 @@ ncclGroupStart/End the real launch happens at ncclGroupEnd.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from .cuda import function_ids
 from .events import NCCL, Event, Span
 from .gpulibs import NCCL as NCCL_LIB
-from .gpulibs import LibraryAttacher
 from .kernel import Probe
+from .libprobes import LibraryAttacher
 
 FUNCTIONS = function_ids("nccl.h", "NC_")
 SYMBOLS = {name: name for name in FUNCTIONS.values()}
@@ -46,16 +49,26 @@ class NcclProbe(Probe):
     ring = "nccl_events"
     drop_slot = 4  # DROP_NCCL
 
-    def __init__(self):
-        self.libs = LibraryAttacher({NCCL_LIB: SYMBOLS}, REQUIRED)
-        self.table = None
+    def __init__(self, launch: Iterable[str] = ()):
+        self.libs = LibraryAttacher({NCCL_LIB: SYMBOLS}, REQUIRED, launch)
+        self.table: Any = None   # BCC's ring buffer table once attached (untyped)
 
     def attach(self, bpf) -> None:
         self.table = bpf[self.ring]
-        self.libs.scan(bpf, self.tracked())
+        self.libs.start(bpf, self.tracked())
+
+    def on_library_open(self, pid: int, path: str, out: list[Event]) -> None:
+        self.libs.on_open(pid, path, out)
+
+    def on_library_mapped(self, pid: int, path: str, ts: int, out: list[Event]) -> None:
+        self.libs.on_map(pid, path, ts, out)
+
+    def initial_events(self, pids: list[int], out: list[Event]) -> None:
+        out += self.libs.take_events()
 
     def tick(self, bpf, out: list[Event]) -> None:
         self.libs.scan(bpf, self.tracked())
+        out += self.libs.take_events()
 
     def notices(self) -> list[str]:
         return self.libs.notices()

@@ -27,9 +27,9 @@ def _needs_root():
 class Gpuscope:
     """A running `gpuscope attach`, read until it says the probes are live."""
 
-    def __init__(self, args: list[str]):
+    def __init__(self, args: list[str], env: dict[str, str] | None = None):
         self.proc = subprocess.Popen(GPUSCOPE + args, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=subprocess.PIPE, text=True, env=env)
         self.stderr_lines: list[str] = []
 
     def wait_attached(self, timeout: float = 60) -> None:
@@ -53,9 +53,9 @@ class Gpuscope:
 class Target:
     """A test target that prints {"ready": pid} and waits for a line on stdin."""
 
-    def __init__(self, argv: list[str]):
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None):
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True)
+                                     text=True, env=env)
         ready = json.loads(self.proc.stdout.readline())
         self.pid = ready["ready"]
 
