@@ -31,7 +31,7 @@ from .events import CUDA, CounterSample, Event, Span
 from .gpubusy import DEVICE_SYNCS, STREAM_SYNCS, WORK, BusyEstimate
 from .gpulibs import CUDART, DRIVER, Symbolizer
 from .kernel import Probe
-from .libprobes import LibraryAttacher
+from .libprobes import LibraryAttacher, LibraryProbe
 
 HERE = Path(__file__).resolve().parent
 
@@ -127,7 +127,7 @@ def _dims(x: int, y: int, z: int) -> str:
 _M32 = 0xFFFFFFFF
 
 
-class CudaProbe(Probe):
+class CudaProbe(LibraryProbe, Probe):
     name = "cuda"
     bpf_file = "cuda.bpf.c"
     ring = "cuda_events"
@@ -151,19 +151,6 @@ class CudaProbe(Probe):
         self._names: dict[str, str] = {}
         # cudaGetErrorName from a libcudart the target uses (None: not looked up yet)
         self._geterror: Callable[[int], bytes | None] | Literal[False] | None = None
-
-    def attach(self, bpf) -> None:
-        self.table = bpf[self.ring]
-        self.libs.start(bpf, self.tracked())
-
-    def on_library_open(self, pid: int, path: str, out: list[Event]) -> None:
-        self.libs.on_open(pid, path, out)
-
-    def on_library_mapped(self, pid: int, path: str, ts: int, out: list[Event]) -> None:
-        self.libs.on_map(pid, path, ts, out)
-
-    def initial_events(self, pids: list[int], out: list[Event]) -> None:
-        out += self.libs.take_events()
 
     def tick(self, bpf, out: list[Event]) -> None:
         self.libs.scan(bpf, self.tracked())

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from . import gpufind
 from .elfsyms import symbols
@@ -191,3 +191,26 @@ class LibraryAttacher:
                 out.append(f"{lib['path']} was probed {lib['found']}; its mapping was not seen, so "
                            "calls made up to 0.5 s before may be missing (they cannot be counted)")
         return out
+
+
+class LibraryProbe:
+    """The part of a library's Probe (CUDA, NCCL) that hands its library's life to
+    its LibraryAttacher (self.libs): attach, the kernel's open/map of the file,
+    and what the first attach found."""
+
+    libs: LibraryAttacher
+    ring: str
+    tracked: Callable[[], list[int]]
+
+    def attach(self, bpf) -> None:
+        self.table = bpf[self.ring]
+        self.libs.start(bpf, self.tracked())
+
+    def on_library_open(self, pid: int, path: str, out: list[Event]) -> None:
+        self.libs.on_open(pid, path, out)
+
+    def on_library_mapped(self, pid: int, path: str, ts: int, out: list[Event]) -> None:
+        self.libs.on_map(pid, path, ts, out)
+
+    def initial_events(self, pids: list[int], out: list[Event]) -> None:
+        out += self.libs.take_events()

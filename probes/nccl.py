@@ -16,7 +16,7 @@ from .cuda import function_ids
 from .events import NCCL, Event, Span
 from .gpulibs import NCCL as NCCL_LIB
 from .kernel import Probe
-from .libprobes import LibraryAttacher
+from .libprobes import LibraryAttacher, LibraryProbe
 
 FUNCTIONS = function_ids("nccl.h", "NC_")
 SYMBOLS = {name: name for name in FUNCTIONS.values()}
@@ -43,7 +43,7 @@ LAYOUT = {
 }
 
 
-class NcclProbe(Probe):
+class NcclProbe(LibraryProbe, Probe):
     name = "nccl"
     bpf_file = "nccl.bpf.c"
     ring = "nccl_events"
@@ -52,19 +52,6 @@ class NcclProbe(Probe):
     def __init__(self, launch: Iterable[str] = ()):
         self.libs = LibraryAttacher({NCCL_LIB: SYMBOLS}, REQUIRED, launch)
         self.table: Any = None   # BCC's ring buffer table once attached (untyped)
-
-    def attach(self, bpf) -> None:
-        self.table = bpf[self.ring]
-        self.libs.start(bpf, self.tracked())
-
-    def on_library_open(self, pid: int, path: str, out: list[Event]) -> None:
-        self.libs.on_open(pid, path, out)
-
-    def on_library_mapped(self, pid: int, path: str, ts: int, out: list[Event]) -> None:
-        self.libs.on_map(pid, path, ts, out)
-
-    def initial_events(self, pids: list[int], out: list[Event]) -> None:
-        out += self.libs.take_events()
 
     def tick(self, bpf, out: list[Event]) -> None:
         self.libs.scan(bpf, self.tracked())
