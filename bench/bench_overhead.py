@@ -59,7 +59,7 @@ TOOLS: dict[str, list[str] | str | None] = {
     "gpuscope no budget (--max-overhead 100)": ["--max-overhead", "100"],
     "gpuscope --no-python": ["--no-python"],
     "gpuscope --no-sched": ["--no-sched"],
-    "gpuscope --no-torch": ["--no-torch"],   # without PyTorch's step markers (uprobes)
+    "gpuscope --torch": ["--torch"],   # with PyTorch's step markers (uprobes, opt-in)
     "gpuscope io+proc only": ["--no-python", "--no-sched", *NO_GPU],
     "gpuscope io+proc+python": ["--no-sched", *NO_GPU],
     "gpuscope io+proc+sched": ["--no-python", *NO_GPU],

@@ -31,7 +31,10 @@ class CaptureOptions:
     rate: float = 100               # Python samples per second
     cuda: bool = True
     nccl: bool = True
-    torch: bool = True              # PyTorch's step markers (optimizer steps, DataLoader batches)
+    # PyTorch's step markers (optimizer steps, DataLoader batches): opt-in. Their uprobes
+    # cost the job far more than they cost us (bench_overhead job a: +25 points at
+    # ~3k markers/s), so defaults find steps from the samples.
+    torch: bool = False
     nvml: bool = True
     nvml_hz: float = 10.0
     max_overhead: float = 2.0       # % of the machine gpuscope may take before it lowers detail
@@ -72,7 +75,8 @@ def add_probe_flags(p: argparse.ArgumentParser, d: CaptureOptions = CaptureOptio
                    help="trace NCCL collectives (default on)")
     p.add_argument("--torch", action=argparse.BooleanOptionalAction, default=d.torch,
                    help="uprobe PyTorch's optimizer steps, DataLoader batches and backward "
-                   "passes: exact step boundaries (default on)")
+                   "passes: exact step boundaries, at a cost to the job of about 75 µs per marker "
+                   "(bench_overhead); default off")
     p.add_argument("--nvml", action=argparse.BooleanOptionalAction, default=d.nvml,
                    help="poll NVML GPU counters (default on)")
     p.add_argument("--nvml-hz", type=positive, default=d.nvml_hz,

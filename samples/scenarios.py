@@ -110,7 +110,7 @@ def run(name: str, workdir: str, seconds: float = 8.0, warmup: float = 3.0,
         trace = os.path.join(workdir, f"{trace_name or name}.pftrace")
         gpu = [] if expected == "h2d_copy_bound" else ["--no-cuda", "--no-nccl"]
         cmd = [PY, "-m", "gpuscope.collector.cli", "attach", "-p", str(pid), "-d", str(seconds),
-               "-o", trace, "--no-nvml", *gpu, *extra] + (["-q"] if quiet else [])
+               "-o", trace, "--no-nvml", *gpu, "--torch", *extra] + (["-q"] if quiet else [])
         p = subprocess.run(cmd, capture_output=quiet, text=True, timeout=seconds + 120)
         summary = json.loads(Path(trace).with_suffix(".summary.json").read_text())
     finally:

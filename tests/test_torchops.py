@@ -15,7 +15,8 @@ N = 40
 def test_every_step_batch_and_backward_is_seen(tmp_path, target):
     job = target("torch_steps.py", str(N))
     out = tmp_path / "t.pftrace"
-    g = Gpuscope(["attach", "-p", str(job.pid), "-o", str(out), "--no-nvml", "--no-cuda", "--no-nccl"])
+    g = Gpuscope(["attach", "-p", str(job.pid), "-o", str(out), "--no-nvml", "--no-cuda", "--no-nccl",
+                  "--torch"])
     g.wait_attached()
     assert job.go() == {"steps": 2 * N}
     rc, err = g.finish()  # ends with the target
