@@ -202,9 +202,12 @@ class OnCpuSampler:
         return tot[0], tot[1], tot[2]
 
     def close(self) -> None:
+        from .kernel import COMPILE_LOCK
+
         try:
             self._ring.close()
-            self.bpf.cleanup()
+            with COMPILE_LOCK:  # BCC tears its module down through the same LLVM
+                self.bpf.cleanup()
         except Exception:  # detaching must never raise into the capture's end
             pass
 

@@ -123,6 +123,9 @@ class Sidecar:
 
 
 def run(args) -> int:
+    # The always-on sidecar walks running threads from outside: in a pod it cannot use
+    # the kernel walker (PID namespace), and its shutdown path with it is not proven.
+    os.environ.setdefault("GPUSCOPE_PYTHON_KERNEL_WALK", "0")
     import re
 
     from gpuscope.collector.budget import PipelineBudget
