@@ -253,15 +253,9 @@ def cmd_view(args) -> int:
 def view_token(args) -> str | None:
     """A token is needed to serve beyond this machine: traces hold command
     lines, paths and stacks. On loopback one is used only if given."""
-    from gpuscope.viewer.auth import is_loopback, read_token
+    from gpuscope.viewer.auth import given_token, is_loopback
 
-    try:
-        token = read_token(args.token_file)
-    except OSError as e:
-        raise CliError(f"cannot read --token-file {args.token_file}: {e.strerror}",
-                       EXIT_USAGE) from None
-    except ValueError:
-        raise CliError(f"--token-file {args.token_file} is empty", EXIT_USAGE) from None
+    token = given_token(args.token_file)
     if args.no_auth:
         if token and args.token_file:
             raise CliError("--no-auth given together with --token-file: choose one", EXIT_USAGE)

@@ -89,15 +89,9 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def load_token(args) -> str | None:
-    from gpuscope.viewer.auth import read_token
+    from gpuscope.viewer.auth import given_token
 
-    try:
-        token = read_token(args.token_file)
-    except OSError as e:
-        raise CliError(f"cannot read --token-file {args.token_file}: {e.strerror}",
-                       EXIT_USAGE) from None
-    except ValueError:
-        raise CliError(f"--token-file {args.token_file} is empty", EXIT_USAGE) from None
+    token = given_token(args.token_file)
     if args.no_auth:
         if token:
             raise CliError("--no-auth given together with a token: choose one", EXIT_USAGE)

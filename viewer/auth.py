@@ -91,3 +91,17 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False   # a name: it may resolve to any address
+
+
+def given_token(token_file: str | None) -> str | None:
+    """read_token, with a bad --token-file as a one-line usage error (`view` and
+    the sidecar say the same)."""
+    from gpuscope.collector.errors import EXIT_USAGE, CliError
+
+    try:
+        return read_token(token_file)
+    except OSError as e:
+        raise CliError(f"cannot read --token-file {token_file}: {e.strerror}",
+                       EXIT_USAGE) from None
+    except ValueError:
+        raise CliError(f"--token-file {token_file} is empty", EXIT_USAGE) from None
