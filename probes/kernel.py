@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from . import uprobes
 from .events import Event, Instant, Loss
 from .ringbuf import RingReader, event_class, struct_of
 from .source import Source, SourceError, SourceStats
@@ -123,6 +124,20 @@ class Probe:
 # BCC's compiler (LLVM/clang inside libbcc) is not safe to run in two threads at
 # once: every BPF() of this process compiles under this lock.
 COMPILE_LOCK = threading.Lock()
+
+
+def release(bpf) -> None:
+    """Frees a BPF object's programs and its LLVM module exactly once.
+
+    BCC registers cleanup() with atexit and only then checks-and-clears its
+    module pointer, so a detach still running in a thread when the interpreter
+    exits destroyed the same module twice (heap corruption, SIGSEGV/SIGABRT on
+    the sidecar's SIGTERM). Teardown also goes through LLVM: under the lock."""
+    import atexit
+
+    atexit.unregister(bpf.cleanup)
+    with COMPILE_LOCK:
+        bpf.cleanup()
 
 
 def bcc_module():
@@ -405,6 +420,7 @@ class KernelProbes(Source):
             self._epoll = None
         if self.bpf is not None:
             bpf, self.bpf = self.bpf, None
+            uprobes.detach_all(bpf)
             # Each detach waits for an RCU grace period (~70 ms here); done in
             # parallel the waits overlap: 3 s -> ~0.1 s for ~40 tracepoints.
             jobs = [(bpf.detach_tracepoint, k) for k in list(bpf.tracepoint_fds)]
@@ -412,7 +428,7 @@ class KernelProbes(Source):
             if jobs:
                 with ThreadPoolExecutor(max_workers=min(32, len(jobs))) as pool:
                     list(pool.map(_quiet, jobs))
-            bpf.cleanup()
+            release(bpf)
 
     def stats(self) -> SourceStats:
         lost = {k: self._kdrops[k] + self._decode_errors[k] for k in self._events}

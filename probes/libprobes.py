@@ -24,12 +24,11 @@ import os
 import time
 from collections.abc import Callable, Iterable
 
-from . import gpufind
+from . import gpufind, uprobes
 from .elfsyms import symbols
 from .events import CUDA, Event, Instant
 from .gpulibs import MappedLib, classify, gpu_libraries, host_path
 
-BPF_PROG_TYPE_KPROBE = 2   # uprobes are kprobe-type programs
 SEARCHED, AT_START, ON_OPEN, MAPS_POLL = "searched", "mapped at start", "on open", "maps poll"
 
 
@@ -69,7 +68,7 @@ class LibraryAttacher:
         for prog in {p for syms in self.kinds.values() for p in syms.values()}:
             for side in ("enter", "leave"):
                 try:
-                    bpf.load_func(f"{side}_{prog}", BPF_PROG_TYPE_KPROBE)
+                    uprobes.load(bpf, f"{side}_{prog}")
                 except Exception:  # noqa: BLE001 - BCC raises bare Exception; attach says why
                     pass
         found: dict[str, str] = {}
@@ -151,10 +150,9 @@ class LibraryAttacher:
                 continue
             if addr in done:  # an alias of a symbol already probed
                 continue
-            try:   # by address: BCC then skips its own symbol lookup (0.85 -> 0.05 ms each)
-                bpf.attach_uprobe(name=lib.open_path, addr=addr, fn_name=f"enter_{prog}", pid=-1)
-                bpf.attach_uretprobe(name=lib.open_path, addr=addr, fn_name=f"leave_{prog}",
-                                     pid=-1)
+            try:   # by address: no symbol lookup in BCC (0.85 -> 0.05 ms each)
+                uprobes.attach(bpf, lib.open_path, addr, f"enter_{prog}")
+                uprobes.attach(bpf, lib.open_path, addr, f"leave_{prog}", ret=True)
             except Exception as e:  # BCC raises bare Exception
                 self._notices.append(f"attach uprobe {sym} in {lib.path}: {e}")
                 continue

@@ -202,12 +202,11 @@ class OnCpuSampler:
         return tot[0], tot[1], tot[2]
 
     def close(self) -> None:
-        from .kernel import COMPILE_LOCK
+        from .kernel import release
 
         try:
             self._ring.close()
-            with COMPILE_LOCK:  # BCC tears its module down through the same LLVM
-                self.bpf.cleanup()
+            release(self.bpf)
         except Exception:  # detaching must never raise into the capture's end
             pass
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from . import uprobes
 from .elfsyms import find_functions
 from .events import Event, Span
 from .gpulibs import host_path, mapped_files
@@ -84,9 +85,9 @@ class TorchProbe(Probe):
             targets.append(("Engine::execute", "backward", found[ENGINE_PREFIX], True))
         for what, prog, off, ret in targets:
             try:  # addr: relative to the load address, as ELF addresses of a shared object are
-                bpf.attach_uprobe(name=open_path, addr=off, fn_name=f"enter_{prog}", pid=-1)
+                uprobes.attach(bpf, open_path, off, f"enter_{prog}")
                 if ret:
-                    bpf.attach_uretprobe(name=open_path, addr=off, fn_name=f"leave_{prog}", pid=-1)
+                    uprobes.attach(bpf, open_path, off, f"leave_{prog}", ret=True)
             except Exception as e:  # BCC raises bare Exception
                 self._notices.append(f"torch: attach uprobe {what} in {path}: {e}")
 

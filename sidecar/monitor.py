@@ -28,6 +28,7 @@ from .metrics import Metrics
 CHECK_EVERY_S = 0.5
 REPLAY_EVENTS = 50_000   # a capture's flight window is fed in parts of this many events
 RETRY_ATTACH_S = 5.0
+STOP_WAIT_S = 60.0
 
 
 class Names:
@@ -107,7 +108,9 @@ class Monitor:
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(timeout=15)
+            self._thread.join(timeout=STOP_WAIT_S)
+            if self._thread.is_alive():  # exiting still removes every probe (the kernel's)
+                self.log(f"detach still running after {STOP_WAIT_S:.0f}s; exiting without it")
         if self.budget is not None:
             self.budget.close()
 
@@ -173,8 +176,9 @@ class Monitor:
         if pid is None:
             return
         self.attached.clear()
+        t0 = time.monotonic()
         self.pipeline.detach()
-        self.log(f"detached from PID {pid}: {reason}")
+        self.log(f"detached from PID {pid} in {time.monotonic() - t0:.1f}s: {reason}")
         self.attached_at = None
         self.names.close()
         self._publish()
