@@ -6,19 +6,24 @@ from __future__ import annotations
 
 import os
 
-from gpuscope.probes.events import Instant, Span, StackSample, ThreadName
+from gpuscope.probes.events import CounterSample, Instant, Span, StackSample, ThreadName
+from gpuscope.probes.summed import TITLES
 
-from .tracereader import BEGIN, END, INSTANT, TRACK, TraceError, read, read_chunks
+from .tracereader import BEGIN, COUNTER, END, INSTANT, TRACK, TraceError, read, read_chunks
 
 __all__ = ["TraceError", "events", "target_pid", "truncation"]
 
 # Track titles (timeline.CATEGORY_TITLE) back to event categories.
-_CATS = {"IO": "io", "Off-CPU": "sched", "CUDA": "cuda", "NCCL": "nccl", "PyTorch": "torch"}
+# The summed tracks too: the analysis counts their preempted time, and a
+# report that skipped them would not give the live verdict.
+_CATS = {"IO": "io", "Off-CPU": "sched", "CUDA": "cuda", "NCCL": "nccl", "PyTorch": "torch",
+         **{title: cat for cat, title in TITLES.items()}}
 
 
 def events(path: str, seen: dict | None = None):
     """Yields the analysable events of a trace (spans, samples, names, process
-    instants) in file order. `seen`, if given, is filled with how far the
+    instants, counters: the sampling rate the budget set, GPU counters) in
+    file order, so that the analysis gives the live capture's verdict. `seen`, if given, is filled with how far the
     whole records went ("end", bytes) and how many slices never ended
     ("open"): a finished capture ends every slice it began."""
     tracks: dict = {}
@@ -60,6 +65,11 @@ def events(path: str, seen: dict | None = None):
                     pid = procs.get(tr) or (owner[0] if owner else 0)
                     yield Instant("proc", name, pid, owner[1] if owner else 0, ts,
                                   dict(args or ()))
+            elif kind == COUNTER:
+                _, ts, tr, value = r
+                track = tracks.get(tr)
+                if track is not None:
+                    yield CounterSample(track.name, track.unit, ts, value, procs.get(track.parent, 0))
             elif kind == TRACK:
                 t = r[1]
                 tracks[t.uuid] = t

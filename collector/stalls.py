@@ -47,12 +47,15 @@ def _is_data_file(path: str | None) -> bool:
 
 
 class StallAnalysis:
-    def __init__(self, root_pid: int, cores: int | None = None, rate_hz: float = 100):
+    def __init__(self, root_pid: int, cores: int | None = None, rate_hz: float | None = None):
+        """rate_hz: the sampler's requested rate; None (a saved trace) takes it
+        from the sampler's first rate sample, written at its start (else 100)."""
         self.root = root_pid
         self.cores = cores or len(os.sched_getaffinity(0)) or 1
-        self.period = int(1e9 / rate_hz)  # refined from the samples themselves in result()
+        self.period = int(1e9 / (rate_hz or 100))  # refined from the samples themselves in result()
         self.requested_period = self.period
         self.slowest_period = 0           # at the lowest rate the budget set, if it lowered it
+        self.rate_seen = rate_hz is not None  # else the first rate sample is the requested rate
         self.main_pid = root_pid    # the process of the training loop: the target, or a rank below it
         self.main_tid: int | None = None
         self.loops: set[int] = set()  # processes running a training loop (DDP ranks)
@@ -101,9 +104,13 @@ class StallAnalysis:
             elif t is ThreadName:
                 self.names[ev.tid] = ev.name
             elif t is CounterSample and ev.track == RATE_TRACK and ev.value > 0:
-                # The overhead budget lowered (or restored) the sampling rate: a sample
-                # may stand for a longer time from now on.
-                self.slowest_period = max(self.slowest_period, int(1e9 / ev.value))
+                if not self.rate_seen:   # the sampler's start: the requested rate
+                    self.rate_seen = True
+                    self.period = self.requested_period = int(1e9 / ev.value)
+                else:
+                    # The overhead budget lowered (or restored) the sampling rate: a
+                    # sample may stand for a longer time from now on.
+                    self.slowest_period = max(self.slowest_period, int(1e9 / ev.value))
             elif t is CounterSample:
                 self.gpu.add(ev)
 

@@ -77,7 +77,8 @@ class PythonSampler(Source):
 
     def start(self, pids: Iterable[int]) -> None:
         pids = list(pids)
-        denied = [pid for pid in pids if self._attach(pid) == "denied"]
+        got = [self._attach(pid) for pid in pids]
+        denied = [pid for pid, how in zip(pids, got, strict=True) if how == "denied"]
         if pids and len(denied) == len(pids):
             self.stop()  # a kernel walker prepare() started must not outlive the refusal
             raise SourceError(f"cannot read the memory of pid {', '.join(map(str, denied))}: "
@@ -85,6 +86,8 @@ class PythonSampler(Source):
                               "(process_vm_readv was refused)")
         self._started_at = self._level_since = time.monotonic()
         self._expected_before = 0.0
+        if "ok" in got:  # the requested rate, in the trace: `report` weighs samples as live
+            self._rate_event()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="gpuscope-python-sampler", daemon=True)
         self._thread.start()
@@ -209,7 +212,7 @@ class PythonSampler(Source):
     def set_level(self, n: int) -> None:
         """Sample at a lower rate (n > 0) or the requested one (0). Each change of rate
         goes into the stream as a counter sample (RATE_TRACK, Hz), so the analysis
-        knows each sample's weight; until the first, the rate is rate_hz."""
+        knows each sample's weight; the first, at start, is the requested rate."""
         n = max(0, min(int(n), len(LEVEL_SCALE) - 1))
         with self._lock:
             if n == self.level:

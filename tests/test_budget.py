@@ -55,7 +55,7 @@ def test_over_budget_lowers_the_sampler_rate_and_restores_it(parked):
         assert [c.level for c in b.changes] == [1, 2, 3]
         assert all(c.reason == "over budget" and c.own_pct > 0 for c in b.changes)
         rates = [e.value for e in samples if isinstance(e, CounterSample) and e.track == RATE_TRACK]
-        assert rates == [50, 25, 10]
+        assert rates == [100, 50, 25, 10]   # the start, then each change
         notes = [e.name for e in events if isinstance(e, Instant)]
         assert len(notes) == 3 and notes[-1].startswith("overhead: level 3 (python sampler 10 Hz), gpuscope ")
         levels = [e.value for e in events if isinstance(e, CounterSample) and e.track == "detail level"]
@@ -161,7 +161,7 @@ def test_attach_keeps_its_budget_and_says_so(parked, tmp_path):
     assert any(i[0].startswith("overhead: level 1 (kernel: ") for i in t.instants)
     # Kernel detail goes first (3 levels), then the sampler: 200 Hz halved.
     assert ov["level"] >= 4, ov["changes"]
-    assert [v for _, v in t.counter_named(RATE_TRACK)][0] == 100
+    assert [v for _, v in t.counter_named(RATE_TRACK)][:2] == [200, 100]   # the start, then halved
 
     # A limit that is not a percentage is refused with one line, before attaching.
     for bad in ("0", "nan", "101", "x"):

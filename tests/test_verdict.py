@@ -153,6 +153,20 @@ def test_report_on_saved_trace_gives_the_same_verdict(tmp_path_factory):
     assert text.startswith("verdict: " + live["verdict"]["headline"])
 
 
+def test_report_gives_the_live_verdict_after_the_budget_lowered_detail(tmp_path):
+    """A budget gpuscope cannot meet lowers the sampling rate and sums more in
+    the kernel, at a requested rate that is not the default: the saved trace
+    holds all of it (rate changes, summed waits), so `report` agrees."""
+    r = scenarios.run("cpu_transform", str(tmp_path), extra=("--max-overhead", "0.1", "--rate", "200"))
+    assert r["rc"] == 0, r["stderr"]
+    live = r["summary"]
+    assert live["overhead"]["max_level"] >= 4, live["overhead"]   # the sampler's rate too
+    p = subprocess.run(GPUSCOPE + ["report", r["trace"], "--json"], capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["verdict"] == live["verdict"]
+
+
 def test_report_rejects_a_file_that_is_not_a_trace(tmp_path):
     bad = Path(tmp_path / "x.pftrace")
     bad.write_text("hello")

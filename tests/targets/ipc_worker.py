@@ -5,6 +5,7 @@ what it did as JSON and exits."""
 
 import json
 import os
+import resource
 import select
 import socket
 import sys
@@ -67,18 +68,22 @@ for i in range(50):
 
 def napper(out):
     out["tid"] = threading.get_native_id()
+    before = resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
     for _ in range(200):
         # select's timeout is relative: each call blocks. (time.sleep computes an
         # absolute deadline first, and returns at once if a busy machine delayed it
         # past that: no wait at all to count.)
         select.select([], [], [], 0.0002)
+    # How many of them blocked: one whose deadline had passed by the time it
+    # would sleep (a busy machine) returns without a context switch.
+    out["blocked"] = resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw - before
 
 
 nap = {}
 t = threading.Thread(target=napper, args=(nap,))
 t.start()
 t.join()
-done["napper_tid"] = nap["tid"]
+done["napper_tid"], done["napper_blocked"] = nap["tid"], nap["blocked"]
 
 r2, w2 = os.pipe()
 child = os.fork()
