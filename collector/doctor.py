@@ -76,9 +76,12 @@ def _bcc_compile():
     except ImportError:
         return False, True, "BCC compile", "python module bcc missing"
     try:
-        b = bcc.BPF(text="int f(void *ctx) { return 0; }")
+        from gpuscope.probes.bccload import COMPILE_LOCK, release
+
+        with COMPILE_LOCK:
+            b = bcc.BPF(text="int f(void *ctx) { return 0; }")
         b.load_func("f", bcc.BPF.SOCKET_FILTER)
-        b.cleanup()
+        release(b)
         return True, True, "BCC compile", "ok"
     except Exception as e:
         return False, True, "BCC compile", str(e).splitlines()[-1][:100]

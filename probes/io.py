@@ -14,8 +14,9 @@ import errno
 import os
 
 from . import fsnames, procfs
+from .bccload import bcc_module, tracepoint_exists
 from .events import IO, Event, Span
-from .kernel import BPF_NOEXIST, Probe, bcc_module, tracepoint_exists
+from .kernel import BPF_NOEXIST, Probe
 from .ringbuf import event_class, struct_of
 from .summed import CLS_DATA, CLS_OTHER
 

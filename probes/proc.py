@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 
 from . import fsnames, procfs
+from .bccload import tracepoint_exists
 from .events import PROC, Event, Instant, ThreadName
-from .kernel import Probe, tracepoint_exists
+from .kernel import Probe
 from .ringbuf import event_class, struct_of
 
 # Kinds, as defined in proc.h.

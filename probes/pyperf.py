@@ -106,7 +106,7 @@ class OnCpuSampler:
     by the caller, which also turns RawSamples into frames (it has the code cache)."""
 
     def __init__(self, layout: Layout, rate_hz: int):
-        from .kernel import COMPILE_LOCK, bcc_module
+        from .bccload import COMPILE_LOCK, bcc_module
 
         bcc = bcc_module()
         self.layout = layout
@@ -202,7 +202,7 @@ class OnCpuSampler:
         return tot[0], tot[1], tot[2]
 
     def close(self) -> None:
-        from .kernel import release
+        from .bccload import release
 
         try:
             self._ring.close()
