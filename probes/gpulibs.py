@@ -84,8 +84,7 @@ def host_path(pid: int, path: str, inode: int | None = None) -> str:
 
 def mapped_files(pid: int) -> dict[str, int]:
     """path -> inode of the executable file mappings of a process."""
-    return {m.path: m.inode for m in procfs.maps(pid)
-            if m.executable and m.file and not m.deleted}
+    return procfs.executable_files(pid)
 
 
 def gpu_libraries(pids: Iterable[int], skip: set[str] | None = None) -> list[MappedLib]:

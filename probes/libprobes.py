@@ -15,7 +15,7 @@ is probed, in order of preference:
   figure, `windows`) and reported; the calls in it cannot be counted, as
   nothing observes them.
 - "maps poll": found in /proc/PID/maps (a library opened unseen); the window
-  is the mmap's, if the IO probe saw it, else up to one tick (0.5 s).
+  is the mmap's, if the IO probe saw it, else up to one poll (MAPS_POLL_S).
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ from .events import CUDA, Event, Instant
 from .gpulibs import MappedLib, classify, gpu_libraries, host_path
 
 SEARCHED, AT_START, ON_OPEN, MAPS_POLL = "searched", "mapped at start", "on open", "maps poll"
+# The maps poll is only the fallback for an open the IO probe missed: every 2 s,
+# not every tick, as reading a torch process's maps costs ~0.7 ms per process.
+MAPS_POLL_S = 2.0
 
 
 def identity(path: str) -> tuple[int, int] | None:
@@ -58,6 +61,7 @@ class LibraryAttacher:
         self._seen: set[str] = set()               # target paths looked at in maps
         self._notices: list[str] = []
         self._events: list[Event] = []             # "uprobes on" instants not yet handed out
+        self._polled = 0.0                         # monotonic s of the last maps read
 
     # -- when --------------------------------------------------------------
     def start(self, bpf, pids: list[int]) -> None:
@@ -82,7 +86,11 @@ class LibraryAttacher:
         self.scan(bpf, pids, AT_START)
 
     def scan(self, bpf, pids: list[int], how: str = MAPS_POLL) -> list[MappedLib]:
-        """Libraries in the processes' maps (at start, then every tick as a fallback)."""
+        """Libraries in the processes' maps (at start, then every MAPS_POLL_S as a fallback)."""
+        now = time.monotonic()
+        if how == MAPS_POLL and now - self._polled < MAPS_POLL_S:
+            return []
+        self._polled = now
         new = []
         for lib in gpu_libraries(pids, self._seen):
             self._seen.add(lib.path)
@@ -187,7 +195,8 @@ class LibraryAttacher:
                            "traced (they cannot be counted)")
             elif not lib["unprobed_ms"]:
                 out.append(f"{lib['path']} was probed {lib['found']}; its mapping was not seen, so "
-                           "calls made up to 0.5 s before may be missing (they cannot be counted)")
+                           f"calls made up to {MAPS_POLL_S:g} s before may be missing (they cannot be "
+                           "counted)")
         return out
 
 

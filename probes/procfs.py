@@ -5,6 +5,7 @@ every read tolerates the process vanishing under it (None, [] or {})."""
 from __future__ import annotations
 
 import os
+import re
 from typing import NamedTuple
 
 from . import fsnames
@@ -232,6 +233,25 @@ def maps(pid: int, strict: bool = False) -> list[Mapping]:
         with open(f"{PROC}/{pid}/maps", "rb") as f:
             return parse_maps(f.read().decode("utf-8", "replace"))
     return parse_maps(read_text(f"{PROC}/{pid}/maps") or "")
+
+
+# An executable file mapping's line: perms with x, then offset, dev, inode, path.
+_EXEC_LINE = re.compile(rb"^[0-9a-f]+-[0-9a-f]+ ..x. [0-9a-f]+ [0-9a-f]+:[0-9a-f]+ (\d+) +(/.*)$", re.M)
+_DELETED = b" (deleted)"
+
+
+def executable_files(pid: int) -> dict[str, int]:
+    """path -> inode of the executable file mappings of a process ({} when gone).
+
+    The per-tick library poll's read: a regex over the bytes picks the few
+    executable lines out of hundreds (0.35 vs 1.7 ms a call on a torch process)."""
+    try:
+        with open(f"{PROC}/{pid}/maps", "rb") as f:
+            data = f.read()
+    except OSError:
+        return {}
+    return {m[2].decode("utf-8", "replace"): int(m[1]) for m in _EXEC_LINE.finditer(data)
+            if not m[2].endswith(_DELETED)}
 
 
 def file_maps(pid: int, strict: bool = False) -> dict[str, list[Mapping]]:

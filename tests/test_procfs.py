@@ -130,6 +130,10 @@ def test_maps_are_typed_records_of_the_real_mappings(child):
     grouped = procfs.file_maps(p.pid)
     assert grouped[path] == [m] and "[stack]" not in grouped
     assert [m for ms in grouped.values() for m in ms] == sorted(m for m in maps if m.file)
+    # The library poll's fast read: the same executable files as the full parse.
+    assert procfs.executable_files(p.pid) == {m.path: m.inode for m in maps
+                                               if m.executable and m.file and not m.deleted}
+    assert procfs.executable_files(p.pid)[exe] == os.stat(exe).st_ino
 
 
 def test_a_vanished_process_reads_as_empty_or_raises_when_asked_to():
