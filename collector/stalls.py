@@ -22,10 +22,12 @@ from .findings import HIGH, MODERATE, median_ms
 from .findings import findings as find
 from .findings import headline as headline_of
 from .gputime import GpuTime
+from .mainphase import BACKWARD_WAIT
 from .mainphase import in_frames as _in
 from .mainphase import label as _label
 from .sizing import sizing
 from .steps import (
+    COMM,
     COMPUTE,
     DATA,
     Markers,
@@ -59,6 +61,7 @@ class StallAnalysis:
         self.main_pid = root_pid    # the process of the training loop: the target, or a rank below it
         self.main_tid: int | None = None
         self.loops: set[int] = set()  # processes running a training loop (DDP ranks)
+        self.ddp = False   # the loop is a DDP rank's (its stacks, or ranks.py from its environ)
         self.parent: dict[int, int] = {}
         self.main: list[tuple[int, str, str]] = []     # (ts, phase, data-wait detail)
         self.main_last_phase = COMPUTE
@@ -174,6 +177,7 @@ class StallAnalysis:
         if self.main_tid is None or (pid == self.root and self.main_pid != self.root):
             self.main_pid, self.main_tid = pid, tid
             self.main.clear()
+            self.ddp = False
             self.loop_frames.clear()
             self.loop_frame = None
 
@@ -183,6 +187,8 @@ class StallAnalysis:
         io = bool(self._covers(self.io_last, s.tid, s.ts))
         phase, detail, producer = mainphase.classify(frames, s.state, cuda, io, bool(self.workers),
                                                      self.loop_frame)
+        if not self.ddp and phase in (COMPUTE, COMM) and mainphase.in_ddp(frames):
+            self.ddp = True
         if phase == DATA:
             self.main_frames[tuple(_label(f) for f in frames[-6:])] += 1
             if producer:
@@ -238,20 +244,29 @@ class StallAnalysis:
                     start = None
         return out
 
+    def _phases(self) -> list[tuple[int, str, str]]:
+        """The main thread's samples with the autograd engine's waits resolved:
+        in a CPU DDP rank the all-reduce (COMM), else the device's backward
+        thread (COMPUTE, as gpuscope always counted them). With CUDA calls
+        seen, the wait is the GPU's backward: NCCL's own spans give COMM there."""
+        wait = COMM if self.ddp and not self.cuda_calls else COMPUTE
+        return [(ts, wait, d) if ph == BACKWARD_WAIT else (ts, ph, d) for ts, ph, d in self.main]
+
     def result(self) -> dict:
-        gaps = sorted(b[0] - a[0] for a, b in zip(self.main, self.main[1:], strict=False))
+        main = self._phases()
+        gaps = sorted(b[0] - a[0] for a, b in zip(main, main[1:], strict=False))
         if gaps:
             self.period = max(1, gaps[len(gaps) // 2], self.slowest_period)
         m = self.markers.get(self.main_tid) if self.main_tid is not None else None
         marked = m.boundaries() if m else None
         regions = m.batches if m else []
         if marked:
-            steps = build_marked_steps(marked[0], self.main, self.period, regions,
+            steps = build_marked_steps(marked[0], main, self.period, regions,
                                        m.optimizer + m.backward if m else [])
         else:
-            steps = build_steps(self.main, self.period)
+            steps = build_steps(main, self.period)
             if len(steps) < 3:  # a loop without a DataLoader whose producer was not seen
-                steps = build_steps(self.main, self.period, COMPUTE) if not steps else steps
+                steps = build_steps(main, self.period, COMPUTE) if not steps else steps
         wall = sum(s.wall_ns for s in steps)
         phase_ns: Counter[str] = Counter()
         for s in steps:
