@@ -110,10 +110,11 @@ class StallAnalysis:
                 if not self.rate_seen:   # the sampler's start: the requested rate
                     self.rate_seen = True
                     self.period = self.requested_period = int(1e9 / ev.value)
-                else:
-                    # The overhead budget lowered (or restored) the sampling rate: a
-                    # sample may stand for a longer time from now on.
-                    self.slowest_period = max(self.slowest_period, int(1e9 / ev.value))
+                # The sampler's start, or the overhead budget lowering (or restoring)
+                # the rate: a sample may stand for this long from now on. Taken the same
+                # way whether the rate was given (live) or not (a saved trace), so that
+                # `gpuscope report` finds the live period.
+                self.slowest_period = max(self.slowest_period, int(1e9 / ev.value))
             elif t is CounterSample:
                 self.gpu.add(ev)
 
