@@ -108,7 +108,8 @@ class RankAnalysis:
                 continue
             if t is Instant:
                 self._instant(ev)
-            owner = self.owner(ev.pid)
+            pid = getattr(ev, "pid", None)   # a Loss has none: the job-wide analysis' alone
+            owner = self.owner(pid) if pid is not None else None
             if owner is not None:
                 out[owner].append(ev)
         for pid, evs in out.items():
