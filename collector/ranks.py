@@ -108,8 +108,8 @@ class RankAnalysis:
                 continue
             if t is Instant:
                 self._instant(ev)
-            pid = getattr(ev, "pid", None)   # a Loss has none: the job-wide analysis' alone
-            owner = self.owner(pid) if pid is not None else None
+            src = getattr(ev, "pid", None)   # a Loss has none: the job-wide analysis' alone
+            owner = self.owner(src) if src is not None else None
             if owner is not None:
                 out[owner].append(ev)
         for pid, evs in out.items():
