@@ -66,13 +66,36 @@ def run(tmp_path_factory):
                                        "--max-overhead", "20"],
                            capture_output=True, text=True, timeout=SECONDS + 120)
     finally:
-        os.killpg(job.pid, signal.SIGKILL)
-        job.wait()
+        _stop(job, truth)
     assert p.returncode == 0, p.stderr
     with open(trace[: -len(".pftrace")] + ".summary.json") as f:
         summary = json.load(f)
     return {"summary": summary, "stderr": p.stderr, "trace": trace, "truth": truth,
             "launcher": job.pid}
+
+
+def _stop(job: subprocess.Popen, truth: str) -> None:
+    """torchrun starts its ranks in sessions of their own: SIGTERM to the launcher
+    (it stops them), then SIGKILL to whatever of the job is left."""
+    job.send_signal(signal.SIGTERM)
+    try:
+        job.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        pass
+    pids = [job.pid]
+    for rank in (0, 1):
+        try:
+            with open(os.path.join(truth, f"rank{rank}.json")) as f:
+                pids.append(json.load(f)["pid"])
+        except (OSError, ValueError, KeyError):
+            pass
+    for pid in pids:
+        for kill in (os.killpg, os.kill):   # its group, or the rank alone if it leads none
+            try:
+                kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    job.wait()
 
 
 def _truth(run, rank: int) -> dict:
