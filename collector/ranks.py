@@ -161,8 +161,10 @@ class RankAnalysis:
         f = straggler(ranks)
         if f is not None:
             v = dict(res["verdict"])
-            v["findings"] = sorted(v.get("findings", []) + [f], key=lambda x: -x["stall_ms"])
-            v["primary"] = v["findings"][0]["kind"]
+            # First: the job-wide verdict is one rank's (whichever loop was seen first),
+            # and whatever that rank lost, the whole job runs at the straggler's pace.
+            v["findings"] = [f] + list(v.get("findings", []))
+            v["primary"] = "straggler"
             if v.get("data_wait_share") is not None:
                 v["headline"] = headline_of(v["input_bound"], v["data_wait_share"], v["findings"],
                                             res.get("steps", []))

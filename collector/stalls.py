@@ -12,6 +12,7 @@ worker counts)."""
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter, defaultdict
 
 from gpuscope.probes.events import CounterSample, Instant, Span, StackSample, ThreadName
@@ -40,6 +41,9 @@ _NON_FILES = ("pipe:", "socket:", "anon_inode:", "/dev/", "/proc/", "/sys/", "ev
               "socket", "memfd", "/memfd:")
 _DATA_IO = {"read", "pread64", "readv", "preadv", "preadv2", "openat", "openat2", "statx",
             "newfstatat", "getdents64", "mmap"}
+# A thread of torch.distributed's backends (gloo's pt_gloo_runloop, ...): a wait it
+# ends is a wait for a collective (the exact interval, from the sched probe).
+_COMM_WAKER = re.compile(r"gloo|nccl|c10d", re.IGNORECASE)
 _SYNC_FNS = {"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize",
              "cuStreamSynchronize", "cuCtxSynchronize"}
 
@@ -88,6 +92,7 @@ class StallAnalysis:
         self.worker_all: Counter = Counter()            # every worker sample: category -> samples
         self.worker_last: dict[int, int] = {}           # pid -> last sample ts
         self.cuda_calls = 0
+        self.comm_waits: dict[int, list[tuple[int, int]]] = defaultdict(list)  # tid -> waits a collective ended
         self.dataloader_seen = False                    # the loop takes batches from a DataLoader
         self.main_io = [0, 0, 0, 0]                     # the loop thread's data-file bytes, calls, ns, mmaps
         self.gpu = GpuTime()   # how busy the GPU was: NVML, or the launch-to-sync estimate
@@ -138,6 +143,8 @@ class StallAnalysis:
                 f[2] += s.end - s.start
         elif s.cat == "sched" and s.name == "preempted":
             self.runq_ns[s.pid] += s.end - s.start
+        elif s.cat == "sched" and s.name == "blocked" and _COMM_WAKER.search(s.args.get("waker", "")):
+            self.comm_waits[s.tid].append((s.start, s.end))
         elif s.cat == "sched.summed":  # short waits, summed in the kernel
             self.runq_ns[s.pid] += s.args.get("preempted_ns", 0)
         elif s.cat in ("cuda", "nccl"):
@@ -263,7 +270,8 @@ class StallAnalysis:
         regions = m.batches if m else []
         if marked:
             steps = build_marked_steps(marked[0], main, self.period, regions,
-                                       m.optimizer + m.backward if m else [])
+                                       m.optimizer + m.backward if m else [],
+                                       self.comm_waits.get(self.main_tid) if self.main_tid is not None else None)
         else:
             steps = build_steps(main, self.period)
             if len(steps) < 3:  # a loop without a DataLoader whose producer was not seen
