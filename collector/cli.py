@@ -37,12 +37,12 @@ def capture(opts: CaptureOptions, pid: int, on_attached=None, command=None):
     output = opts.output or default_output(pid)
     check_output(output)
     from .budget import PipelineBudget
-    from .stalls import StallAnalysis
+    from .ranks import RankAnalysis
 
     session = Session(pid, build_sources(opts), output, duration=opts.duration,
                       subprocesses=opts.subprocesses,
                       status=None if opts.quiet else StatusLine(), command=command,
-                      analysis=StallAnalysis(pid, rate_hz=opts.rate) if opts.python else None,
+                      analysis=RankAnalysis(pid, rate_hz=opts.rate) if opts.python else None,
                       budget=PipelineBudget(opts.max_overhead / 100))
     session.install_signal_handlers()
 
@@ -152,8 +152,8 @@ def cmd_run(args) -> int:
 def cmd_report(args) -> int:
     import json
 
+    from .ranks import RankAnalysis
     from .replay import TraceError, events, target_pid, truncation
-    from .stalls import StallAnalysis
     from .verdict import render
 
     summary_path = os.path.splitext(args.trace)[0] + ".summary.json"
@@ -171,7 +171,7 @@ def cmd_report(args) -> int:
         pid = pid or target_pid(args.trace)
         if pid is None:
             raise CliError(f"{args.trace} holds no process: not a gpuscope trace?", EXIT_USAGE)
-        analysis = StallAnalysis(pid)
+        analysis = RankAnalysis(pid, environ=None)   # the ranks are named by the trace
         batch = []
         for ev in events(args.trace, seen):
             batch.append(ev)

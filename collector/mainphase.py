@@ -100,6 +100,29 @@ def producer_frame(frames, loop: tuple[str, str] | None):
     return None
 
 
+# Off-CPU inside the autograd engine: waiting for it, not running Python. In a
+# CPU (gloo) DDP rank that is the reducer's all-reduce at the end of backward
+# (the engine runs backward on the caller's thread, so nothing else makes it
+# wait); elsewhere, the device's autograd thread. StallAnalysis.result() turns
+# it into COMM or COMPUTE once it knows which job it is.
+BACKWARD_WAIT = "backward_wait"
+
+
+def _engine_waits(frames, state: str) -> bool:
+    if state == "running" or not frames:
+        return False
+    f = frames[-1]
+    fn = f.function.rsplit(".", 1)[-1]
+    return (f.file.endswith("torch/autograd/graph.py") and fn == "_engine_run_backward") or \
+        (f.file.endswith("torch/autograd/__init__.py") and fn in ("backward", "grad"))
+
+
+def in_ddp(frames) -> bool:
+    """A stack through DistributedDataParallel or torch.distributed: a DDP rank."""
+    return any("torch/nn/parallel/distributed.py" in f.file or "torch/distributed/" in f.file
+               for f in frames)
+
+
 def classify(frames, state: str, cuda, main_io: bool, have_workers: bool,
              loop: tuple[str, str] | None = None) -> tuple[str, str, str]:
     """(phase, data-wait detail, producer label) of one main-thread sample.
@@ -111,6 +134,8 @@ def classify(frames, state: str, cuda, main_io: bool, have_workers: bool,
         return COMM, "", ""
     if cuda and cuda[2] == "sync":
         return SYNC, "", ""
+    if _engine_waits(frames, state):
+        return BACKWARD_WAIT, "", ""
     if in_dataloader_next(frames):
         return DATA, _data_detail(frames, state, main_io, have_workers), ""
     if in_frames(frames, _DL, "__iter__"):

@@ -12,6 +12,7 @@ worker counts)."""
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter, defaultdict
 
 from gpuscope.probes.events import CounterSample, Instant, Span, StackSample, ThreadName
@@ -22,10 +23,12 @@ from .findings import HIGH, MODERATE, median_ms
 from .findings import findings as find
 from .findings import headline as headline_of
 from .gputime import GpuTime
+from .mainphase import BACKWARD_WAIT
 from .mainphase import in_frames as _in
 from .mainphase import label as _label
 from .sizing import sizing
 from .steps import (
+    COMM,
     COMPUTE,
     DATA,
     Markers,
@@ -38,6 +41,9 @@ _NON_FILES = ("pipe:", "socket:", "anon_inode:", "/dev/", "/proc/", "/sys/", "ev
               "socket", "memfd", "/memfd:")
 _DATA_IO = {"read", "pread64", "readv", "preadv", "preadv2", "openat", "openat2", "statx",
             "newfstatat", "getdents64", "mmap"}
+# A thread of torch.distributed's backends (gloo's pt_gloo_runloop, ...): a wait it
+# ends is a wait for a collective (the exact interval, from the sched probe).
+_COMM_WAKER = re.compile(r"gloo|nccl|c10d", re.IGNORECASE)
 _SYNC_FNS = {"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize",
              "cuStreamSynchronize", "cuCtxSynchronize"}
 
@@ -59,6 +65,7 @@ class StallAnalysis:
         self.main_pid = root_pid    # the process of the training loop: the target, or a rank below it
         self.main_tid: int | None = None
         self.loops: set[int] = set()  # processes running a training loop (DDP ranks)
+        self.ddp = False   # the loop is a DDP rank's (its stacks, or ranks.py from its environ)
         self.parent: dict[int, int] = {}
         self.main: list[tuple[int, str, str]] = []     # (ts, phase, data-wait detail)
         self.main_last_phase = COMPUTE
@@ -85,6 +92,7 @@ class StallAnalysis:
         self.worker_all: Counter = Counter()            # every worker sample: category -> samples
         self.worker_last: dict[int, int] = {}           # pid -> last sample ts
         self.cuda_calls = 0
+        self.comm_waits: dict[int, list[tuple[int, int]]] = defaultdict(list)  # tid -> waits a collective ended
         self.dataloader_seen = False                    # the loop takes batches from a DataLoader
         self.main_io = [0, 0, 0, 0]                     # the loop thread's data-file bytes, calls, ns, mmaps
         self.gpu = GpuTime()   # how busy the GPU was: NVML, or the launch-to-sync estimate
@@ -107,10 +115,11 @@ class StallAnalysis:
                 if not self.rate_seen:   # the sampler's start: the requested rate
                     self.rate_seen = True
                     self.period = self.requested_period = int(1e9 / ev.value)
-                else:
-                    # The overhead budget lowered (or restored) the sampling rate: a
-                    # sample may stand for a longer time from now on.
-                    self.slowest_period = max(self.slowest_period, int(1e9 / ev.value))
+                # The sampler's start, or the overhead budget lowering (or restoring)
+                # the rate: a sample may stand for this long from now on. Taken the same
+                # way whether the rate was given (live) or not (a saved trace), so that
+                # `gpuscope report` finds the live period.
+                self.slowest_period = max(self.slowest_period, int(1e9 / ev.value))
             elif t is CounterSample:
                 self.gpu.add(ev)
 
@@ -134,6 +143,8 @@ class StallAnalysis:
                 f[2] += s.end - s.start
         elif s.cat == "sched" and s.name == "preempted":
             self.runq_ns[s.pid] += s.end - s.start
+        elif s.cat == "sched" and s.name == "blocked" and _COMM_WAKER.search(s.args.get("waker", "")):
+            self.comm_waits[s.tid].append((s.start, s.end))
         elif s.cat == "sched.summed":  # short waits, summed in the kernel
             self.runq_ns[s.pid] += s.args.get("preempted_ns", 0)
         elif s.cat in ("cuda", "nccl"):
@@ -174,6 +185,7 @@ class StallAnalysis:
         if self.main_tid is None or (pid == self.root and self.main_pid != self.root):
             self.main_pid, self.main_tid = pid, tid
             self.main.clear()
+            self.ddp = False
             self.loop_frames.clear()
             self.loop_frame = None
 
@@ -183,6 +195,8 @@ class StallAnalysis:
         io = bool(self._covers(self.io_last, s.tid, s.ts))
         phase, detail, producer = mainphase.classify(frames, s.state, cuda, io, bool(self.workers),
                                                      self.loop_frame)
+        if not self.ddp and phase in (COMPUTE, COMM) and mainphase.in_ddp(frames):
+            self.ddp = True
         if phase == DATA:
             self.main_frames[tuple(_label(f) for f in frames[-6:])] += 1
             if producer:
@@ -238,20 +252,30 @@ class StallAnalysis:
                     start = None
         return out
 
+    def _phases(self) -> list[tuple[int, str, str]]:
+        """The main thread's samples with the autograd engine's waits resolved:
+        in a CPU DDP rank the all-reduce (COMM), else the device's backward
+        thread (COMPUTE, as gpuscope always counted them). With CUDA calls
+        seen, the wait is the GPU's backward: NCCL's own spans give COMM there."""
+        wait = COMM if self.ddp and not self.cuda_calls else COMPUTE
+        return [(ts, wait, d) if ph == BACKWARD_WAIT else (ts, ph, d) for ts, ph, d in self.main]
+
     def result(self) -> dict:
-        gaps = sorted(b[0] - a[0] for a, b in zip(self.main, self.main[1:], strict=False))
+        main = self._phases()
+        gaps = sorted(b[0] - a[0] for a, b in zip(main, main[1:], strict=False))
         if gaps:
             self.period = max(1, gaps[len(gaps) // 2], self.slowest_period)
         m = self.markers.get(self.main_tid) if self.main_tid is not None else None
         marked = m.boundaries() if m else None
         regions = m.batches if m else []
         if marked:
-            steps = build_marked_steps(marked[0], self.main, self.period, regions,
-                                       m.optimizer + m.backward if m else [])
+            steps = build_marked_steps(marked[0], main, self.period, regions,
+                                       m.optimizer + m.backward if m else [],
+                                       self.comm_waits.get(self.main_tid) if self.main_tid is not None else None)
         else:
-            steps = build_steps(self.main, self.period)
+            steps = build_steps(main, self.period)
             if len(steps) < 3:  # a loop without a DataLoader whose producer was not seen
-                steps = build_steps(self.main, self.period, COMPUTE) if not steps else steps
+                steps = build_steps(main, self.period, COMPUTE) if not steps else steps
         wall = sum(s.wall_ns for s in steps)
         phase_ns: Counter[str] = Counter()
         for s in steps:

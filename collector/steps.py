@@ -116,14 +116,16 @@ class Markers:
 
 
 def build_marked_steps(bounds: list[int], samples: list[tuple[int, str, str]], period_ns: int,
-                       regions: list[tuple[int, int]], work: list[int] | None = None) -> list[Step]:
+                       regions: list[tuple[int, int]], work: list[int] | None = None,
+                       comm: list[tuple[int, int]] | None = None) -> list[Step]:
     """Steps between exact boundaries. Data wait: the DataLoader __next__
     regions (exact); an epoch's turn, from the __next__ that ends it to the
     next epoch's first one with no training work between (work: optimizer
     step and backward starts) and no sample there outside DataLoader code
     (iter() starting the next epoch: forking workers, when the sampler is
     blind to the loop); plus sampled data wait elsewhere (a loop's own batch
-    producer). Copies, syncs, communication: sampled, each sample's time
+    producer). Communication: the loop thread's waits that a collective's
+    thread ended (comm, exact), plus sampled. Copies, syncs: sampled, each sample's time
     spread over the steps it spans (a 10 ms sample over five 2 ms steps).
     Compute: the rest. The first complete step is dropped (warm-up)."""
     steps = [Step(n, a, b) for n, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False))]
@@ -147,6 +149,10 @@ def build_marked_steps(bounds: list[int], samples: list[tuple[int, str, str]], p
 
     for a, b in regions:
         spread(a, b, DATA, "")
+    comm = sorted(comm or [])
+    for a, b in comm:
+        spread(a, b, COMM, "")
+    cstarts = [a for a, _ in comm]
     work = sorted(work or [])
     sts = [t for t, _, _ in samples]
     turns: list[tuple[int, int]] = []
@@ -167,7 +173,9 @@ def build_marked_steps(bounds: list[int], samples: list[tuple[int, str, str]], p
         in_region = k >= 0 and ts <= regions[k][1]
         k = bisect.bisect_right(tstarts, ts) - 1
         in_region = in_region or (k >= 0 and ts < turns[k][1])
-        counted = phase == COMPUTE or (phase == DATA and in_region)
+        k = bisect.bisect_right(cstarts, ts) - 1
+        in_comm = k >= 0 and ts <= comm[k][1]
+        counted = phase == COMPUTE or (phase == DATA and in_region) or (phase == COMM and in_comm)
         spread(ts, end, None if counted else phase, detail)
     for s in steps:
         wall = s.wall_ns

@@ -7,7 +7,10 @@ from gpuscope.probes.events import VERDICT, Instant, Span
 
 
 def verdict_events(analysis, result: dict) -> list:
-    """Stall intervals as slices, findings as instants, on the global Verdict track."""
+    """Stall intervals as slices, findings as instants, on the global Verdict track;
+    each DDP rank's identity on its process track."""
+    from .ranks import rank_events
+
     v = result.get("verdict", {})
     out: list[Span | Instant] = [Span(VERDICT, "waiting for data", 0, 0, a, b)
                                  for a, b in analysis.stall_intervals()]
@@ -16,6 +19,7 @@ def verdict_events(analysis, result: dict) -> list:
         args = {"title": f["title"], "severity": f["severity"], "fix": f["fix"]}
         args.update({k: v for k, v in f["numbers"].items() if isinstance(v, (int, float, str))})
         out.append(Instant(VERDICT, f["kind"], 0, 0, window[0], args))
+    out += rank_events(result)
     out.sort(key=lambda e: e.ts)
     return out
 
@@ -39,6 +43,18 @@ def render(summary: dict) -> str:
         for e in f["evidence"]:
             lines.append(f"      - {e}")
         lines.append(f"      fix: {f['fix']}")
+    ranks = summary.get("ranks") or []
+    if ranks:
+        lines.append(f"  ranks ({len(ranks)}):")
+    for r in ranks:
+        rv = r["verdict"]
+        who = f"rank {r['rank']}" if r["rank"] is not None else "rank ?"
+        if rv["data_wait_share"] is None:
+            lines.append(f"      - {who} (PID {r['pid']}): {rv['headline']}")
+            continue
+        lines.append(f"      - {who} (PID {r['pid']}): {rv['steps']} steps, median {rv['step_ms_median']} ms; "
+                     f"data wait {rv['data_wait_share']:.0%}, compute {rv['compute_share']:.0%}, "
+                     f"collectives {rv['comm_share'] + rv['sync_share']:.0%} — {rv['headline']}")
     sz = v.get("sizing")
     if sz:
         lines.append("  sizing:")

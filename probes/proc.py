@@ -41,10 +41,16 @@ class ProcProbe(Probe):
         import time
 
         now = time.monotonic_ns()
+        tracked = set(pids)
         for pid in pids:
             out.append(ThreadName(pid, pid, now, procfs.comm(pid), is_process=True))
             for tid in procfs.threads(pid):
                 out.append(ThreadName(pid, tid, now, procfs.comm(pid, tid)))
+            # Forked before the attach: no fork instant says whose child it is, and
+            # the analysis needs that to tell a rank's DataLoader workers from another's.
+            st = procfs.stat(pid)
+            if st is not None and st.ppid in tracked:
+                out.append(Instant(PROC, "parent", pid, 0, now, {"ppid": st.ppid}))
 
     def decode(self, raw: bytes, size: int, out: list[Event]) -> None:
         ts, kind, pid, tid, ppid, comm = self.head.unpack_from(raw)

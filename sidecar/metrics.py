@@ -41,9 +41,10 @@ MEMCPY = re.compile(r"^(cudaMemcpy|cuMemcpy)")
 SYNC = re.compile(r"(Synchronize|cuStreamWaitEvent|cudaStreamWaitEvent)")
 # The finding kinds of the stall analysis (docs/summary.md, verdict.findings[].kind):
 # each gets a gpuscope_stall_cause series, so a dashboard sees 0 rather than no data.
+# ("straggler" comes from collector/ranks.py, which the sidecar does not run yet: 0.)
 STALL_CAUSES = ("not_input_bound", "storage_fetch_stall", "cpu_preprocessing_stall",
                 "too_few_workers", "too_many_workers", "ipc_collate_pin_bound",
-                "h2d_copy_bound", "epoch_start_stall", "loop_producer_stall")
+                "h2d_copy_bound", "epoch_start_stall", "loop_producer_stall", "straggler")
 GPU_COUNTER = re.compile(r"^GPU(\d+) (.+)$")
 # NVML counter track name suffix -> (metric, scale to base unit)
 GPU_METRICS = {"utilization": ("gpuscope_gpu_utilization_ratio", 0.01),
