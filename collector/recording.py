@@ -60,6 +60,9 @@ class Recording:
         # The writer also writes the viewer's index beside the trace, as it goes.
         self.writer = IndexedWriter.for_trace(output)
         self.timeline = Timeline(self.writer)
+        # The target's track first: a trace read without its summary names the
+        # target by it (replay.target_pid), not by whichever process spoke first.
+        self.timeline.process(pid)
         self.analysis = analysis        # the stall analysis: feed(batch), result()
         self.gpu = GpuSummary()         # the summary's gpu section
         self.counts: dict[str, int] = {}  # events written, per category

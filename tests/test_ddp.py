@@ -160,3 +160,7 @@ def test_report_on_the_saved_trace_gives_the_same_ranks(run):
     assert again["verdict"] == run["summary"]["verdict"]
     text = subprocess.run(GPUSCOPE + ["report", run["trace"]], capture_output=True, text=True).stdout
     assert "Straggler: rank 1" in text and "ranks (2):" in text
+    # Without its summary, the trace still names the launcher as the target (its
+    # process track is written first), not a rank.
+    from gpuscope.collector import replay
+    assert replay.target_pid(run["trace"]) == run["launcher"]
