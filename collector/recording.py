@@ -31,7 +31,8 @@ from .verdict import verdict_events
 # The trace and its live index are written out at most this often (and when the
 # writer's buffer fills): the viewer polls every 500 ms, and each write is a
 # write() and an SQLite transaction that rewrites the track table. Per batch
-# (up to ~20/s) it was 20% of the collector's CPU on bench_overhead job a.
+# (up to ~20/s) it was 20% of py-spy's samples of the collector on
+# bench_overhead job a; its /proc CPU did not measurably change with this.
 FLUSH_EVERY_S = 0.25
 
 

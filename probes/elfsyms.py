@@ -211,6 +211,46 @@ def symbols(path: str) -> ElfSymbols | None:
             return t
 
 
+def offset_in(loads: list[tuple[int, int, int, int]], vaddr: int) -> int:
+    """The file offset of an ELF virtual address, through PT_LOADs as
+    ElfSymbols.loads holds them (ElfSymbols.vaddr's inverse; what a uprobe link
+    takes: they differ where a p_vaddr is not its p_offset, as with lld)."""
+    for p_offset, p_filesz, p_vaddr, _align in loads:
+        if p_vaddr <= vaddr < p_vaddr + max(p_filesz, 1):
+            return vaddr - p_vaddr + p_offset
+    return vaddr
+
+
+_segments: OrderedDict[tuple[int, int, int, int], list[tuple[int, int, int, int]]] = OrderedDict()
+
+
+def load_segments(path: str) -> list[tuple[int, int, int, int]]:
+    """The PT_LOADs of a file (as ElfSymbols.loads), from its symbols if they are
+    cached, else from its program headers alone: libtorch_cpu.so's uprobes must
+    not cost a read of its 600k symbols. [] when unreadable."""
+    from elftools.elf.elffile import ELFFile
+
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            with _lock:
+                t = _files.get(key)
+                if t is not None:
+                    return t.loads
+                if key in _segments:
+                    return _segments[key]
+            loads = [(s["p_offset"], s["p_filesz"], s["p_vaddr"], s["p_align"])
+                     for s in _Sections(ELFFile(f), f).segments if s["p_type"] == "PT_LOAD"]
+    except Exception:  # unreadable or not an ELF
+        return []
+    with _lock:
+        _segments[key] = loads
+        while len(_segments) > MAX_FILES:
+            _segments.popitem(last=False)
+    return loads
+
+
 def dynamic_strings(path: str) -> bytes:
     """The raw .dynstr of a file (b'' when there is none): a quick "does it name
     X at all" test before its symbol tables are read."""

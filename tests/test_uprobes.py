@@ -14,7 +14,7 @@ from test_cuda import CUDART, _need
 from test_cuda_early import TARGET, check_all
 
 import tracecheck
-from conftest import Gpuscope, Target, bpf_ids
+from conftest import Gpuscope, Target, bpf_ids, run_attached
 
 
 def held(pid: int) -> dict[str, set[int]]:
@@ -41,15 +41,9 @@ def test_cuda_uprobes_as_links_or_perf_events(tmp_path, links):
     out = tmp_path / "u.pftrace"
     g = Gpuscope(["attach", "-p", str(target.pid), "-o", str(out), "--no-sched", "--no-python"],
                  env={**os.environ, "GPUSCOPE_UPROBE_LINKS": links})
-    try:
-        g.wait_attached()
-        during = held(g.proc.pid)
-        did = target.go()
-        rc, err = g.finish()
-    finally:
-        target.kill()
-        if g.proc.poll() is None:
-            g.proc.kill()
+    seen: dict[str, dict[str, set[int]]] = {}
+    rc, err, did = run_attached(g, target, lambda g: seen.update(during=held(g.proc.pid)))
+    during = seen["during"]
     assert rc == 0, err
     check_all(tracecheck.load(str(out)), did)
     entry, ret = during.get("uprobe_multi", set()), during.get("uretprobe_multi", set())
@@ -66,14 +60,14 @@ def test_cuda_uprobes_as_links_or_perf_events(tmp_path, links):
 def test_file_offset_of_a_segment_placed_apart():
     """libcudart's second PT_LOAD sits at 0x2b0000 in memory, 0xb0000 in the
     file: a link takes the file offset."""
-    from gpuscope.probes.elfsyms import symbols
-    from gpuscope.probes.uprobes import file_offset
+    from gpuscope.probes import elfsyms
 
     cudart = _need(CUDART)
-    loads = symbols(cudart).loads
+    loads = elfsyms.load_segments(cudart)   # from the program headers alone
+    assert loads == elfsyms.symbols(cudart).loads
     apart = [(off, vaddr) for off, _size, vaddr, _align in loads if off != vaddr]
     assert apart, loads
     off, vaddr = apart[0]
-    assert file_offset(cudart, vaddr + 0x10) == off + 0x10
+    assert elfsyms.offset_in(loads, vaddr + 0x10) == off + 0x10
     first_off, _s, first_vaddr, _a = loads[0]
-    assert file_offset(cudart, first_vaddr + 0x1234) == first_off + 0x1234
+    assert elfsyms.offset_in(loads, first_vaddr + 0x1234) == first_off + 0x1234
