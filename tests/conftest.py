@@ -72,6 +72,23 @@ class Target:
             self.proc.wait()
 
 
+def run_attached(g: Gpuscope, target: Target, during=None) -> tuple[int, str, dict]:
+    """Once `g` has attached (and `during(g)` has looked at it, if given), lets
+    the target run and `g` finish: (gpuscope's status, its stderr, what the
+    target did). Both are killed if anything fails on the way."""
+    try:
+        g.wait_attached()
+        if during is not None:
+            during(g)
+        did = target.go()
+        rc, err = g.finish()
+    finally:
+        target.kill()
+        if g.proc.poll() is None:
+            g.proc.kill()
+    return rc, err, did
+
+
 @pytest.fixture
 def target():
     made: list[Target] = []

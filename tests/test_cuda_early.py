@@ -23,7 +23,7 @@ from test_cuda import CUDART, _need
 from test_verdict import SCHEMA
 
 import tracecheck
-from conftest import GPUSCOPE, Gpuscope, Target
+from conftest import GPUSCOPE, Gpuscope, Target, run_attached
 
 TARGET = Path(__file__).resolve().parent / "gpu_targets" / "dlopen_calls.py"
 WANT = {"cudaStreamSynchronize": 20, "cudaMalloc": 10}
@@ -73,14 +73,7 @@ def test_attach_traces_calls_right_after_dlopen(tmp_path):
     target = Target([sys.executable, str(TARGET), cudart, "--wait"])
     out = tmp_path / "attach.pftrace"
     g = Gpuscope(["attach", "-p", str(target.pid), "-o", str(out), "--no-sched", "--no-python"])
-    try:
-        g.wait_attached()
-        did = target.go()
-        rc, err = g.finish()
-    finally:
-        target.kill()
-        if g.proc.poll() is None:
-            g.proc.kill()
+    rc, err, did = run_attached(g, target)
     assert rc == 0, err
     t = tracecheck.load(str(out))
     check_all(t, did)
@@ -96,14 +89,7 @@ def test_attach_probes_a_library_on_its_open(tmp_path):
     target = Target([sys.executable, str(TARGET), str(lib), "--wait"])
     out = tmp_path / "open.pftrace"
     g = Gpuscope(["attach", "-p", str(target.pid), "-o", str(out), "--no-sched", "--no-python"])
-    try:
-        g.wait_attached()
-        did = target.go()
-        rc, err = g.finish()
-    finally:
-        target.kill()
-        if g.proc.poll() is None:
-            g.proc.kill()
+    rc, err, did = run_attached(g, target)
     assert rc == 0, err
     t = tracecheck.load(str(out))
     ons = [(ts, a) for n, _tr, ts, a in t.instants if n == "uprobes on" and a["library"] == str(lib)]

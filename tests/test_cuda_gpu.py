@@ -22,7 +22,7 @@ from test_verdict import SCHEMA
 from gpuscope.collector.gputime import ESTIMATE_LABEL
 
 import tracecheck
-from conftest import GPUSCOPE, Gpuscope, Target
+from conftest import GPUSCOPE, Gpuscope, Target, run_attached
 
 MiB = 1 << 20
 
@@ -140,14 +140,7 @@ def test_verdict_quotes_gpu_busy(tmp_path, nvml):
         genv.update(LD_LIBRARY_PATH=str(tmp_path / "nvml"), STUB_NVML_PID=str(target.pid))
     out = tmp_path / "loop.pftrace"
     g = Gpuscope(["attach", "-p", str(target.pid), "-o", str(out), "--no-sched"], env=genv)
-    try:
-        g.wait_attached()
-        did = target.go()
-        rc, err = g.finish()
-    finally:
-        target.kill()
-        if g.proc.poll() is None:
-            g.proc.kill()
+    rc, err, did = run_attached(g, target)
     assert rc == 0, err
     summary = json.loads(out.with_suffix(".summary.json").read_text())
     jsonschema.validate(summary, SCHEMA)
