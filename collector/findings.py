@@ -67,7 +67,8 @@ def findings(a, steps, wall, share, phase_ns) -> list[dict]:
             f"Set DataLoader(num_workers={max(2, min(8, a.cores))}) so loading overlaps compute.")
     if share >= MODERATE and n_workers > 0:
         ws = stall_ms * waiting
-        if frac["fetch"] >= 0.35 and frac["fetch"] >= frac["transform"]:
+        blamed = waiting >= 0.2  # the loop waits on its workers: what they do is the cause
+        if blamed and frac["fetch"] >= 0.35 and frac["fetch"] >= frac["transform"]:
             add("storage_fetch_stall", "Storage fetch stall: workers are blocked reading files", sev,
                 ws * max(frac["fetch"], 0.5), {**io_numbers, "worker_time_reading": round(frac["fetch"], 3)},
                 [f"workers spent {frac['fetch']:.0%} of stall time in read/open syscalls",
@@ -75,7 +76,7 @@ def findings(a, steps, wall, share, phase_ns) -> list[dict]:
                  f"p95 {io_numbers['read_latency_ms_p95']} ms"],
                 "Faster or local storage (cache the dataset on local NVMe/RAM), larger sequential "
                 "files (shards), or more workers to overlap the latency.")
-        if frac["transform"] >= 0.35 and frac["transform"] > frac["fetch"]:
+        if blamed and frac["transform"] >= 0.35 and frac["transform"] > frac["fetch"]:
             add("cpu_preprocessing_stall", "CPU preprocessing stall: workers are busy transforming", sev,
                 ws * max(frac["transform"], 0.5), {"worker_time_transforming": round(frac["transform"], 3),
                                                     "num_workers": n_workers, "cores": a.cores},

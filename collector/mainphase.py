@@ -154,7 +154,8 @@ def _data_detail(f, state: str, main_io: bool, have_workers: bool) -> str:
         return "pin"
     if in_frames(f, "torch/utils/data/_utils/collate.py"):
         return "collate"
-    if in_frames(f, "torch/utils/data/_utils/fetch.py") or not in_frames(f, "multiprocessing/") \
+    mp = any("/multiprocessing/" in x.file for x in f)  # a directory: in_frames matches file ends
+    if in_frames(f, "torch/utils/data/_utils/fetch.py") or not mp \
             and state == "running" and not in_frames(f, "threading.py") and not in_frames(f, "queue.py"):
         return "main_transform" if not have_workers else "main_other"
     if state == "running" and (in_frames(f, "multiprocessing/queues.py")

@@ -34,6 +34,9 @@ def test_scenario_verdict_and_share(name, tmp_path_factory):
     v = s["verdict"]
     kinds = [f["kind"] for f in v["findings"]]
     assert r["expected"] in kinds, (v["headline"], kinds)
+    if name == "ipc":  # the main thread's own unpickling, not only idle workers
+        ipc = next(f for f in v["findings"] if f["kind"] == "ipc_collate_pin_bound")
+        assert ipc["numbers"]["ipc_share_of_wait"] >= 0.5, ipc
     if r["expected"] in ("storage_fetch_stall", "cpu_preprocessing_stall", "ipc_collate_pin_bound",
                          "epoch_start_stall", "not_input_bound", "h2d_copy_bound", "loop_producer_stall"):
         assert v["primary"] == r["expected"], kinds  # the root cause comes first
