@@ -136,6 +136,7 @@ class IndexWriter:
         self.bulk = False   # see the module's docstring
         self.names: dict[str, int] = {}
         self.tracks: dict[int, dict] = {}
+        self.dirty: set[int] = set()  # tracks changed since the last write: only these are rewritten
         self.open: dict[int, list[list]] = {}      # track -> stack of [id, ts, depth, name, args, stored]
         self.meta: dict = {}
         self.args_cache: dict = {}
@@ -150,6 +151,7 @@ class IndexWriter:
         for t in TABLES:
             self.db.execute(f"DELETE FROM {t}")
         self.names, self.tracks, self.open, self.args_cache, self.frags = {}, {}, {}, {}, {}
+        self.dirty = set()
         self.meta = self.fresh_meta()
         self.db.commit()
 
@@ -278,6 +280,7 @@ class IndexWriter:
                 "n_slices": 0, "n_instants": 0, "n_counters": 0}
         t.update(parent=td.parent, kind=td.kind, name=text(td.name), pid=td.pid, tid=td.tid,
                  unit=td.unit, rank=td.rank)
+        self.dirty.add(td.uuid)
 
     def _write(self, names_new, interned, rows, closed, instants, counters):
         db, tracks = self.db, self.tracks
@@ -295,10 +298,12 @@ class IndexWriter:
             finished += [(sid, tr, ts, dur, depth, lvl) for dur, lvl, sid, tr, ts, depth in closed]
             db.executemany(AGG_UPSERT, aggregate(finished))
         # Per track: counted and folded over the few distinct values, not row by row.
+        dirty = self.dirty
         for tr, n in Counter([r[1] for r in rows]).items():
             t = tracks.get(tr)
             if t is not None:
                 t["n_slices"] += n
+                dirty.add(tr)
         for tr, lvl, depth in {(r[1], r[5], r[4]) for r in rows}:
             t = tracks.get(tr)
             if t is not None:
@@ -309,15 +314,19 @@ class IndexWriter:
             t = tracks.get(c[3])
             if t is not None:
                 t["lvls"] |= 1 << c[1]
-        for r in instants:
-            if r[1] in tracks:
-                tracks[r[1]]["n_instants"] += 1
-        for r in counters:
-            if r[0] in tracks:
-                tracks[r[0]]["n_counters"] += 1
+                dirty.add(c[3])
+        for tr, n in Counter([r[1] for r in instants]).items():
+            if tr in tracks:
+                tracks[tr]["n_instants"] += n
+                dirty.add(tr)
+        for tr, n in Counter([r[0] for r in counters]).items():
+            if tr in tracks:
+                tracks[tr]["n_counters"] += n
+                dirty.add(tr)
         db.executemany(f"INSERT OR REPLACE INTO tracks({', '.join(TRACK_COLS)}) VALUES "
                        f"({', '.join('?' * len(TRACK_COLS))})",
-                       [tuple(t[c] for c in TRACK_COLS) for t in tracks.values()])
+                       [tuple(tracks[u][c] for c in TRACK_COLS) for u in dirty if u in tracks])
+        dirty.clear()
 
     def save_meta(self) -> None:
         self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", self.meta.items())
