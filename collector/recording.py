@@ -23,16 +23,14 @@ from gpuscope.probes.events import (
 from gpuscope.probes.source import SourceStats
 
 from .gpusummary import GpuSummary
-from .liveindex import IndexedWriter
+from .liveindex import LiveIndex
+from .perfetto import TraceWriter
 from .summary import write_summary
 from .timeline import Timeline
 from .verdict import verdict_events
 
-# The trace and its live index are written out at most this often (and when the
-# writer's buffer fills): the viewer polls every 500 ms, and each write is a
-# write() and an SQLite transaction that rewrites the track table. Per batch
-# (up to ~20/s) it was 20% of py-spy's samples of the collector on
-# bench_overhead job a; its /proc CPU did not measurably change with this.
+# The trace is written out at most this often (and when the writer's buffer
+# fills): the viewer polls every 500 ms and the live index follows the file.
 FLUSH_EVERY_S = 0.25
 
 
@@ -58,8 +56,9 @@ class Recording:
 
     def __init__(self, output: str, pid: int, command: list[str], analysis=None):
         self.output, self.pid, self.command = output, pid, command
-        # The writer also writes the viewer's index beside the trace, as it goes.
-        self.writer = IndexedWriter.for_trace(output)
+        self.writer = TraceWriter(output)
+        # The viewer's index, written beside the trace by an idle-priority child.
+        self.index = LiveIndex(output)
         self.timeline = Timeline(self.writer)
         # The target's track first: a trace read without its summary names the
         # target by it (replay.target_pid), not by whichever process spoke first.
@@ -116,8 +115,9 @@ class Recording:
                 self.writer.close()
             except OSError:
                 pass
-            if self.writer.index_error:
-                self.notices.append(self.writer.index_error)
+            self.index.close()
+            if self.index.index_error:
+                self.notices.append(self.index.index_error)
 
     @property
     def error(self) -> str | None:

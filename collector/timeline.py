@@ -4,8 +4,6 @@ counter tracks, and gpuscope's own tracks (losses, verdict)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from gpuscope.probes.events import (
     CounterSample,
     Event,
@@ -20,9 +18,6 @@ from gpuscope.probes.summed import IO_SUMMED, IPC, OFFCPU_SUMMED, TITLES
 from .perfetto import TraceWriter
 from .pystacks import PythonTracks
 
-if TYPE_CHECKING:
-    from .liveindex import IndexedWriter
-
 # Order of per-thread child tracks in the UI.
 CATEGORY_RANK = {"python": 1, "pysamples": 2, "cuda": 3, "nccl": 4, "io": 5, "sched": 6,
                  IPC: 7, IO_SUMMED: 8, OFFCPU_SUMMED: 9}
@@ -31,7 +26,7 @@ CATEGORY_TITLE = {"python": "Python", "pysamples": "Python samples", "cuda": "CU
 
 
 class Timeline:
-    def __init__(self, writer: TraceWriter | IndexedWriter):
+    def __init__(self, writer: TraceWriter):
         self.w = writer
         self.processes: dict[int, int] = {}                 # pid -> uuid
         self.process_names: dict[int, str] = {}

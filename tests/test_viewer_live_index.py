@@ -1,8 +1,8 @@
-"""The viewer's index written by the collector while it writes the trace
-(collector/liveindex.py): it exists when a real capture ends, the viewer uses
-it without indexing anything itself, it holds row for row what indexing the
-finished trace gives, and an index left unfinished by a killed collector is
-replaced by the viewer's own."""
+"""The viewer's index written beside a capture while it runs, by the
+collector's idle-priority indexer (collector/liveindex.py): it exists when a
+real capture ends, the viewer uses it without indexing anything itself, it
+holds row for row what indexing the finished trace gives, and an index left
+unfinished by a killed collector is replaced by the viewer's own."""
 
 from __future__ import annotations
 
@@ -54,6 +54,32 @@ def meta(client, name):
     return r.json
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def caught_up(path: str, timeout: float = 60.0) -> dict:
+    """The live index's meta once its (idle-priority) indexer has read the whole trace."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            db = sqlite3.connect(index_path(path))
+            try:
+                m = dict(db.execute("SELECT key, value FROM meta"))
+            finally:
+                db.close()
+        except sqlite3.Error:
+            m = {}
+        if m.get("writer_pid") and m.get("offset") == os.path.getsize(path):
+            return m
+        assert time.monotonic() < deadline, f"live index behind the trace: {m}"
+        time.sleep(0.05)
+
+
 def files_in(d) -> list:
     return sorted(os.listdir(d)) if os.path.isdir(d) else []
 
@@ -100,6 +126,7 @@ def test_viewer_reads_the_live_index_while_the_capture_runs(tmp_path):
     for _ in range(5):
         s.step(n_io=10)
         s.w.flush()
+        caught_up(path)
         m = meta(c, "now")
         assert m["indexed"] == os.path.getsize(path) and not m["building"]
         seen.append(m["packets"])
@@ -165,6 +192,11 @@ def test_index_of_a_killed_capture_is_rebuilt_by_the_viewer(tmp_path):
     code = KILLED_WRITER.format(tests=os.path.dirname(__file__), path=path)
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == -signal.SIGKILL, p.stderr
+    m = caught_up(path)   # the indexer reads to the end and stops, leaving it unfinished
+    deadline = time.monotonic() + 30
+    while _alive(m["writer_pid"]):
+        assert time.monotonic() < deadline, "the indexer outlived its collector"
+        time.sleep(0.05)
     m = dict(sqlite3.connect(index_path(path)).execute("SELECT key, value FROM meta"))
     assert m["complete"] == 0 and m["offset"] == os.path.getsize(path)
     cache = tmp_path / "cache"
@@ -181,5 +213,5 @@ def test_unwritable_index_never_stops_the_trace(tmp_path):
     s = IndexedSynth(path)
     s.step(n_io=5)
     s.close()
-    assert s.w.index_error and "viewer index not written" in s.w.index_error
+    assert s.index.index_error and "viewer index not written" in s.index.index_error
     assert len(tracecheck.read_packets(path)) > 10

@@ -11,7 +11,7 @@ import random
 import threading
 import time
 
-from gpuscope.collector.liveindex import IndexedWriter
+from gpuscope.collector.liveindex import LiveIndex
 from gpuscope.collector.perfetto import TraceWriter
 from gpuscope.collector.timeline import Timeline
 from gpuscope.probes.events import CounterSample, Frame, Instant, Span, StackSample, ThreadName
@@ -33,7 +33,8 @@ class Synth:
                  indexed: bool = False, offsets: bool = False):
         # indexed: written as a capture writes it, with the viewer's live index;
         # offsets: each read has its own file offset, so no two IO slices share arguments.
-        self.w = (IndexedWriter.for_trace if indexed else TraceWriter)(path, flush_bytes=flush_bytes)
+        self.w = TraceWriter(path, flush_bytes=flush_bytes)
+        self.index = LiveIndex(path) if indexed else None
         self.offsets = offsets
         self.tl = Timeline(self.w)
         self.rng = random.Random(seed)
@@ -84,6 +85,8 @@ class Synth:
     def close(self) -> None:
         self.tl.close()
         self.w.close()
+        if self.index is not None:
+            self.index.close()
 
 
 def write_trace(path: str, steps: int = 50, n_io: int = 20, **kw) -> Synth:
