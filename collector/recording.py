@@ -158,6 +158,9 @@ class Recording:
             cap.notices.append(self.error if self._removed else
                                f"{self.error}; the trace holds what was written before "
                                f"({self.writer.bytes_written} bytes)")
+        if overhead is not None:   # the index child's CPU, beside (not in) the budget's figures
+            cpu = self.index.cpu_s
+            overhead = {**overhead, "indexer_cpu_s": round(cpu, 3) if cpu is not None else None}
         try:
             cap.summary = write_summary(cap, pid=self.pid, command=self.command,
                                         writer=self.writer, attach_s=attach_s,
