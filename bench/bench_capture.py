@@ -114,7 +114,7 @@ def source_alone(exe: str, data: str, rate: int, seconds: float = 2.0,
     t = subprocess.Popen(["taskset", "-c", "1", exe, str(rate), str(seconds), "p", data],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     t.stdout.readline()
-    proc, io = ProcProbe(), IoProbe()
+    proc, io = ProcProbe(), IoProbe(oneby_per_s=0)
     proc.listeners.append(io)
     k = KernelProbes([proc, io])
     k.start([t.pid])
@@ -135,7 +135,7 @@ def source_alone(exe: str, data: str, rate: int, seconds: float = 2.0,
 def downstream(batches: list[list]) -> tuple[int, float, float]:
     """What the collector does with the source's events, in this process on
     the same events: the merge (a pipeline with a no-op consumer) and the
-    recording (trace + live index), each alone. (events, merge CPU s,
+    recording (the trace; the live index is its idle-priority child's), each alone. (events, merge CPU s,
     recording CPU s)."""
     import gc
     import threading
@@ -195,7 +195,9 @@ def main() -> None:
               f"{r['mb']:>9.1f}")
     print("\nCollector CPU per kernel event (user+sys of gpuscope after attach / syscalls the target made;"
           " µs/taken: / events it took in, one by one or summed, i.e. not lost; C target, --no-sched"
-          " --no-python --max-overhead 100, so that the budget never sums the one-by-one path)")
+          " --no-python --max-overhead 100, so that the budget never sums the one-by-one path; 'flood ctl':"
+          " data-file transfers beyond 20,000/s summed in the kernel, the default; 'all one by one':"
+          " --io-oneby-per-s 0)")
     print(f"{'path':>26} {'asked/s':>9} {'made/s':>10} {'one by one':>11} {'summed':>10} {'lost':>9} "
           f"{'loss %':>7} {'CPU s':>6} {'µs/event':>9} {'µs/taken':>9}")
     with tempfile.TemporaryDirectory() as d:
@@ -203,11 +205,13 @@ def main() -> None:
         data = os.path.join(d, "data.bin")
         with open(data, "wb") as f:
             f.write(os.urandom(4096))
-        for label, mode, path in (("/dev/zero read (IPC-like)", "r", "/dev/zero"),
-                                  ("data-file pread", "p", data)):
+        for label, mode, path, flags in (
+                ("/dev/zero read (IPC-like)", "r", "/dev/zero", ()),
+                ("data-file pread (flood ctl)", "p", data, ()),
+                ("pread, all one by one", "p", data, ("--io-oneby-per-s", "0"))):
             for rate in (100_000, 500_000, 1_000_000):
                 r = run([exe, str(rate), "3", mode, path], 3.0,
-                        ("--no-sched", "--no-python", "--max-overhead", "100"))
+                        ("--no-sched", "--no-python", "--max-overhead", "100", *flags))
                 attach.append(r["attach_s"])
                 loss = 100 * r["lost"] / max(1, r["calls"])
                 print(f"{label:>26} {rate:>9,} {r['achieved']:>10,.0f} {r['events']:>11,} {r['summed']:>10,} "
@@ -216,11 +220,12 @@ def main() -> None:
         print("\nWhere a one-by-one event's CPU goes, data-file pread at 100k/s, each part alone in"
               " this process (µs per event)")
         kept: list = []
-        calls, events, cpu = source_alone(exe, data, 100_000, keep=kept)
+        calls, events, cpu = source_alone(exe, data, 100_000, keep=kept)   # no flood control
         n, merge, recording = downstream(kept)
         per = [1e6 * x / max(1, n) for x in (cpu, merge, recording)]
         print(f"  {calls:,} calls, {events:,} events: eBPF source (ring read + decode) {per[0]:.2f}, "
-              f"merge {per[1]:.2f}, recording (trace + live index) {per[2]:.2f}, sum {sum(per):.2f}")
+              f"merge {per[1]:.2f}, recording (trace; its live index is another process's) {per[2]:.2f}, "
+              f"sum {sum(per):.2f}")
     print(f"time from attach to probes live: median {sorted(attach)[len(attach) // 2]:.2f}s "
           f"(min {min(attach):.2f}s, max {max(attach):.2f}s; BCC compiles the programs each time)")
 

@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import NoReturn
 
+from gpuscope.probes.io import IO_ONEBY_PER_S
 from gpuscope.probes.source import Source
 
 
@@ -27,6 +28,7 @@ class Parser(argparse.ArgumentParser):
 class CaptureOptions:
     sched: bool = True              # off-CPU waits
     min_offcpu_us: int = 50         # shortest off-CPU wait recorded
+    io_oneby_per_s: int = IO_ONEBY_PER_S   # data-file reads/writes traced one by one per s; beyond: summed
     python: bool = True             # Python stack sampler (needed for the verdict)
     rate: float = 100               # Python samples per second
     cuda: bool = True
@@ -65,6 +67,10 @@ def add_probe_flags(p: argparse.ArgumentParser, d: CaptureOptions = CaptureOptio
                    help="trace off-CPU waits (default on)")
     p.add_argument("--min-offcpu-us", type=non_negative_int, default=d.min_offcpu_us,
                    help=f"shortest off-CPU wait to record, µs (default {d.min_offcpu_us}{why})")
+    p.add_argument("--io-oneby-per-s", type=non_negative_int, default=d.io_oneby_per_s,
+                   metavar="N", help="data-file reads/writes traced one by one per second, "
+                   "machine-wide; a flood beyond is summed in the kernel, not lost (default "
+                   f"{d.io_oneby_per_s}; 0: no limit)")
     p.add_argument("--python", action=argparse.BooleanOptionalAction, default=d.python,
                    help="sample every thread's Python stack (default on; needed for the verdict)")
     p.add_argument("-r", "--rate", type=positive, default=d.rate,
@@ -165,7 +171,7 @@ def build_sources(opts: CaptureOptions) -> list[Source]:
     from gpuscope.probes.proc import ProcProbe
     from gpuscope.probes.sched import SchedProbe
 
-    proc, io = ProcProbe(), IoProbe()
+    proc, io = ProcProbe(), IoProbe(oneby_per_s=opts.io_oneby_per_s)
     proc.listeners.append(io)
     probes = [proc, io]
     if opts.sched:

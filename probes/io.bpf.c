@@ -117,6 +117,37 @@ static __always_inline int gpu_library(const char *p, long len)
     return 0;
 }
 
+// Flood control: at most CFG_IO_ONEBY_PER_CPU_S data-file transfers per
+// CPU per second go one by one; beyond that they are summed like short ones
+// (IO (summed) slices: calls, bytes, time; no path) and counted in
+// io_flooded, so a loader hammering a file costs a counter per call, not a
+// ring record and ~6 µs of collector CPU, and nothing is lost.
+BPF_PERCPU_ARRAY(io_flood, struct lifecycle_budget, 1);
+BPF_PERCPU_ARRAY(io_flooded, u64, 1);
+
+static __always_inline int flooded(u64 now)
+{
+    u64 limit = config(CFG_IO_ONEBY_PER_CPU_S);
+    if (!limit)
+        return 0;
+    int zero = 0;
+    struct lifecycle_budget *b = io_flood.lookup(&zero);
+    if (!b)
+        return 0;
+    if (now - b->window >= 1000000000ULL) {
+        b->window = now;
+        b->shipped = 0;
+    }
+    if (b->shipped < limit) {
+        b->shipped++;
+        return 0;
+    }
+    u64 *n = io_flooded.lookup(&zero);
+    if (n)
+        (*n)++;
+    return 1;
+}
+
 static __always_inline int is_lifecycle(u32 kind)
 {
     return kind == IO_OPENAT || kind == IO_OPENAT2 || kind == IO_CLOSE || kind == IO_DUP ||
@@ -213,8 +244,9 @@ static __always_inline int io_exit(u32 kind, s64 ret)
             set_class(tgid, e.fd, CLS_UNKNOWN);
     }
     // One by one: data files, unknown fds. Summed: short IO on other fds
-    // (their creation and closing beyond a per-thread budget), and data-file
-    // transfers shorter than the level's threshold.
+    // (their creation and closing beyond a per-thread budget), data-file
+    // transfers shorter than the level's threshold, and those beyond the
+    // per-CPU rate (flooded).
     // A call on a non-data fd that waited long (a pipe read blocked on a
     // DataLoader worker) is shipped like a long off-CPU wait.
     int sum = 0;
@@ -222,7 +254,7 @@ static __always_inline int io_exit(u32 kind, s64 ret)
         sum = e.end - e.start < config(CFG_ONEBY_WAIT_NS) &&
               (!is_lifecycle(kind) || !lifecycle_one_by_one(tid, e.end));
     else if (cls == CLS_DATA && moves_bytes(kind))
-        sum = e.end - e.start < config(CFG_FILE_SUMMED_NS);
+        sum = e.end - e.start < config(CFG_FILE_SUMMED_NS) || flooded(e.end);
     if (sum && sum_add(tgid, tid, kind, cls, moves_bytes(kind) && ret > 0 ? ret : 0,
                        e.end - e.start, ret < 0) == 0)
         return 0;

@@ -34,6 +34,13 @@ _BYTES_KINDS = {2, 3, 4, 5, 6, 7, 8, 15}  # ret is a byte count
 _OFFSET_KINDS = {3, 5, 7, 10, 15}         # offset is an argument
 AT_FDCWD = -100
 _NOT_DATA = ("/dev/", "/proc/", "/sys/", "/memfd:")
+# Flood control (io.bpf.c): data-file reads/writes shipped one by one per
+# second, machine-wide (split evenly across CPUs); beyond that they are summed
+# in the kernel. Real loaders stay well below it (8 workers reading 1,000
+# files/s make ~16k calls/s); a one-by-one event costs the collector ~6 µs, so
+# 20k/s is ~12% of a core at most, and a flood is never lost. `--io-oneby-per-s`.
+IO_ONEBY_PER_S = 20_000
+CFG_IO_ONEBY_PER_CPU_S = 3   # tracked.h
 _GPU_LIB, _GPU_LIB2 = "/libcu", "/libnccl"   # as io.bpf.c's gpu_library()
 
 
@@ -54,7 +61,9 @@ class IoProbe(Probe):
     summed_kinds = IO_KINDS
     raw_bytes = True
 
-    def __init__(self):
+    def __init__(self, oneby_per_s: int = IO_ONEBY_PER_S):
+        self.oneby_per_s = oneby_per_s   # 0: no flood control (every transfer one by one)
+        self.flooded = 0                 # transfers summed because of it, so far
         self.head = None  # struct io_event up to its path, which only some records carry
         self.fds: dict[int, dict[int, str]] = {}
         # Told when a tracked process opens or maps a file named like a GPU
@@ -66,6 +75,18 @@ class IoProbe(Probe):
 
     def attach(self, bpf) -> None:
         self.head = struct_of(event_class(bpf[self.ring]), upto="path")
+        per_cpu = -(-self.oneby_per_s // (os.cpu_count() or 1)) if self.oneby_per_s > 0 else 0
+        bpf["gs_config"][ct.c_int(CFG_IO_ONEBY_PER_CPU_S)] = ct.c_uint64(per_cpu)
+
+    def tick(self, bpf, out: list[Event]) -> None:
+        self.flooded = sum(bpf["io_flooded"][ct.c_int(0)])
+
+    def notices(self) -> list[str]:
+        if not self.flooded:
+            return []
+        return [f"io: {self.flooded:,} data-file reads/writes beyond {self.oneby_per_s:,}/s were "
+                "summed in the kernel, not traced one by one (IO (summed) slices: calls, bytes, "
+                "time; no paths)"]
 
     def initial_events(self, pids: list[int], out: list[Event]) -> None:
         for pid in pids:

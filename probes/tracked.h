@@ -28,6 +28,8 @@
 #define CFG_FILE_SUMMED_NS 1        // data-file reads/writes shorter than this are summed (0: none)
 #define CFG_IPC_LIFECYCLE_PER_S 2   // creations, closes, dups of non-data fds shipped one by one per
                                     // thread per second; the rest are summed
+#define CFG_IO_ONEBY_PER_CPU_S 3    // data-file reads/writes shipped one by one per CPU per second; the
+                                    // rest are summed (a flood costs a counter each, not a record); 0: no limit
 #define CFG_SLOTS 8
 
 BPF_HASH(tracked, u32, u32, MAX_TRACKED);

@@ -1,5 +1,6 @@
 """Losses are counted in the kernel and shown: in the trace, the summary and
-the end-of-capture report. Forced with a one-page ring buffer and a flood."""
+the end-of-capture report. Forced with a one-page ring buffer and a flood,
+flood control off; with it on (the default), the same flood loses nothing."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ FLOOD = ("import os, sys\nfd = os.open(sys.executable, os.O_RDONLY)\nsys.stdin.r
 def test_ring_buffer_overflow_is_counted_and_shown(tmp_path):
     target = subprocess.Popen([sys.executable, "-c", FLOOD], stdin=subprocess.PIPE, text=True)
     out = str(tmp_path / "loss.pftrace")
-    proc, io = ProcProbe(), IoProbe()
+    proc, io = ProcProbe(), IoProbe(oneby_per_s=0)   # every read one by one
     proc.listeners.append(io)
     src = KernelProbes([proc, io], extra_cflags=["-DIO_RING_PAGES=1"])
 
@@ -44,6 +45,30 @@ def test_ring_buffer_overflow_is_counted_and_shown(tmp_path):
     assert summary["lost"]["io"] == lost
     counter = tracecheck.load(out).counter_named("lost events: io")
     assert counter and counter[-1][1] == lost
+
+
+def test_a_flood_beyond_the_one_by_one_rate_is_summed_not_lost(tmp_path):
+    target = subprocess.Popen([sys.executable, "-c", FLOOD], stdin=subprocess.PIPE, text=True)
+    out = str(tmp_path / "flood.pftrace")
+    proc, io = ProcProbe(), IoProbe(oneby_per_s=5_000)
+    proc.listeners.append(io)
+    src = KernelProbes([proc, io])
+
+    def go(_session):
+        target.stdin.write("go\n")
+        target.stdin.flush()
+
+    try:
+        cap = Session(target.pid, [src], out).run(on_attached=go)
+    finally:
+        target.kill()
+        target.wait()
+    assert cap.lost["io"] == 0
+    assert cap.aggregated["io"] >= 250_000 and cap.events["io"] + cap.aggregated["io"] >= 300_000
+    assert io.flooded >= 250_000 and cap.aggregated["io"] >= io.flooded
+    assert any("were summed in the kernel" in n and f"{io.flooded:,}" in n for n in cap.notices)
+    summed = tracecheck.load(out).slices_on("IO (summed)")
+    assert summed and sum(s.args.get("calls", 0) for s in summed) >= io.flooded
 
 
 def test_ebpf_flag_prints_the_program_and_loads_nothing():
