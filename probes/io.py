@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes as ct
 import errno
 import os
+import struct
 
 from . import fsnames, procfs
 from .bccload import bcc_module, tracepoint_exists
@@ -64,7 +65,7 @@ class IoProbe(Probe):
     def __init__(self, oneby_per_s: int = IO_ONEBY_PER_S):
         self.oneby_per_s = oneby_per_s   # 0: no flood control (every transfer one by one)
         self.flooded = 0                 # transfers summed because of it, so far
-        self.head = None  # struct io_event up to its path, which only some records carry
+        self.head = struct.Struct("")  # at attach: struct io_event up to its path (only some records carry one)
         self.fds: dict[int, dict[int, str]] = {}
         # Told when a tracked process opens or maps a file named like a GPU
         # library (the CUDA/NCCL probes attach their uprobes on the open).
