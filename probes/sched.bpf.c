@@ -16,27 +16,41 @@
 #endif
 
 BPF_RINGBUF_OUTPUT(sched_events, SCHED_RING_PAGES);
-// tid -> the interval being built while the thread is off CPU.
-BPF_HASH(offcpu, u32, struct offcpu_event, 16384);
+// tid -> the interval being built while the thread is off CPU (start 0: on
+// CPU). Entries are rewritten in place, not inserted at each switch-out and
+// deleted at each switch-in: two hash updates fewer per context switch of a
+// tracked thread. LRU, so threads that exited age out.
+BPF_TABLE("lru_hash", u32, struct offcpu_event, offcpu, 16384);
 
 TRACEPOINT_PROBE(sched, sched_switch)
 {
-    u64 now = bpf_ktime_get_ns();
+    u64 now = 0;
     // prev is the current task: its tgid comes from the helper.
     u64 id = bpf_get_current_pid_tgid();
     u32 tgid = id >> 32;
     u32 prev = args->prev_pid;
-    if (prev != 0 && !(args->prev_state & STATE_EXIT_MASK) && is_tracked(tgid)) {
-        struct offcpu_event s = {};
-        s.start = now;
-        s.pid = tgid;
-        s.tid = prev;
-        s.state = args->prev_state;
-        offcpu.update(&prev, &s);
+    if (prev != 0 && is_tracked(tgid)) {
+        if (args->prev_state & STATE_EXIT_MASK) {   // the final switch-out
+            offcpu.delete(&prev);
+        } else {
+            now = bpf_ktime_get_ns();
+            struct offcpu_event s = {};
+            s.start = now;
+            s.pid = tgid;
+            s.tid = prev;
+            s.state = args->prev_state;
+            struct offcpu_event *old = offcpu.lookup(&prev);
+            if (old)
+                __builtin_memcpy(old, &s, sizeof(s));
+            else
+                offcpu.update(&prev, &s);
+        }
     }
     u32 next = args->next_pid;
     struct offcpu_event *e = offcpu.lookup(&next);
-    if (e) {
+    if (e && e->start) {
+        if (!now)
+            now = bpf_ktime_get_ns();
         u64 d = now - e->start;
         if (d >= MIN_OFFCPU_NS) {
             e->end = now;
@@ -47,7 +61,7 @@ TRACEPOINT_PROBE(sched, sched_switch)
                     count_drop(DROP_SCHED);
             }
         }
-        offcpu.delete(&next);
+        e->start = 0;
     }
     return 0;
 }
@@ -55,7 +69,7 @@ TRACEPOINT_PROBE(sched, sched_switch)
 static __always_inline int note_wakeup(u32 tid)
 {
     struct offcpu_event *e = offcpu.lookup(&tid);
-    if (!e || e->wakeup)
+    if (!e || !e->start || e->wakeup)
         return 0;
     u64 id = bpf_get_current_pid_tgid();
     e->wakeup = bpf_ktime_get_ns();

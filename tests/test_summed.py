@@ -79,9 +79,11 @@ def test_ipc_summed_exactly_data_reads_one_by_one_forks_inherit(target, tmp_path
     # counted, with --min-offcpu-us 0 however short; most of them block. Up to 2
     # may not read as blocked: a wakeup that lands after the thread chose to sleep
     # but before it switched leaves it runnable (the switch says preempted; the
-    # kernel still counts it voluntary). Seen once in CI: 199 of 200.
+    # kernel still counts it voluntary). Seen once in CI: 199 of 200. And up to 2
+    # more: the thread reads its own count before it exits, and its exit (the
+    # state lock's release, the join) can block once more. Seen once: 201 of 200.
     n = nap.get("blocked", 0) + len(long)
-    assert did["napper_blocked"] - 2 <= n <= did["napper_blocked"], (nap, len(long), did)
+    assert did["napper_blocked"] - 2 <= n <= did["napper_blocked"] + 2, (nap, len(long), did)
     assert did["napper_blocked"] >= 100 and nap.get("blocked", 0) >= 100, (nap, did)
     # An fd received over a unix socket is IPC; fd churn beyond 10/s per thread is summed.
     passer = _summed(tr, "IPC (summed)", did["pid"], did["passer_tid"])
