@@ -161,12 +161,16 @@ class Walker(FrameReader):
         self._ticks += 1
         for interp in self.interpreters():
             cached = self._listed.get(interp)
+            first: dict[int, ThreadStack | None] = {}   # this tick's look at the cached list
             if probe is not None and cached and self._ticks % LIST_EVERY:
                 cheap = [self._cheap(a, tb, probe, on_cpu_elsewhere, None) for a, tb in cached]
                 if None not in cheap and not any(c.error == "gone" for c in cheap if c):
                     live.update(a for a, _ in cached)
                     out += cast("list[ThreadStack]", cheap)
                     continue
+                # Some thread needs a walk: the list is read again, but the threads
+                # already looked at are not probed twice in one tick.
+                first = {a: c for (a, _), c in zip(cached, cheap, strict=True)}
             threads: list[tuple[int, bytes]] = []
             holder = 0
             for attempt in range(retries):
@@ -185,7 +189,8 @@ class Walker(FrameReader):
             todo: list[tuple[int, bytes, str | None, object]] = []
             for addr, tb in threads:
                 live.add(addr)
-                done = self._cheap(addr, tb, probe, on_cpu_elsewhere, holder)
+                done = (first[addr] if addr in first
+                        else self._cheap(addr, tb, probe, on_cpu_elsewhere, holder))
                 if done is not None:
                     out.append(done)
                     continue
