@@ -76,10 +76,9 @@ def _bcc_compile():
     except ImportError:
         return False, True, "BCC compile", "python module bcc missing"
     try:
-        from gpuscope.probes.bccload import COMPILE_LOCK, release
+        from gpuscope.probes.bccload import compiled, release
 
-        with COMPILE_LOCK:
-            b = bcc.BPF(text="int f(void *ctx) { return 0; }")
+        b = compiled(bcc, text="int f(void *ctx) { return 0; }")
         b.load_func("f", bcc.BPF.SOCKET_FILTER)
         release(b)
         return True, True, "BCC compile", "ok"

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import uprobes
-from .bccload import COMPILE_LOCK, advice_for, bcc_module, release
+from .bccload import advice_for, bcc_module, compiled, release
 from .events import Event, Instant, Loss
 from .ringbuf import RingReader, event_class, struct_of
 from .source import Source, SourceError, SourceStats
@@ -165,8 +165,7 @@ class KernelProbes(Source):
     def start(self, pids: Iterable[int]) -> None:
         bcc = bcc_module()
         try:
-            with COMPILE_LOCK:
-                self.bpf = bcc.BPF(text=self.program_text(), cflags=self.cflags())
+            self.bpf = compiled(bcc, text=self.program_text(), cflags=self.cflags())
         except Exception as e:  # BCC raises bare Exception on compile/load errors
             raise SourceError(advice_for(e)) from e
         self._epoll = select.epoll()

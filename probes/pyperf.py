@@ -106,12 +106,11 @@ class OnCpuSampler:
     by the caller, which also turns RawSamples into frames (it has the code cache)."""
 
     def __init__(self, layout: Layout, rate_hz: int):
-        from .bccload import COMPILE_LOCK, bcc_module
+        from .bccload import bcc_module, compiled
 
         bcc = bcc_module()
         self.layout = layout
-        with COMPILE_LOCK:
-            self.bpf = bcc.BPF(src_file=str(HERE / "pyperf.bpf.c"), cflags=cflags(layout))
+        self.bpf = compiled(bcc, src_file=str(HERE / "pyperf.bpf.c"), cflags=cflags(layout))
         self._ring = RingReader(self.bpf["py_samples"])
         cls = event_class(self.bpf["py_samples"])
         self._code_off = cls.code.offset
