@@ -5,7 +5,8 @@ all have bounds); this shows whether RSS levels off or keeps growing.
 A target reads a small file RATE times a second on two threads (IO events,
 off-CPU waits, Python samples at the default 100 Hz), `gpuscope attach`
 follows it for --minutes, and the collector's RSS (VmRSS, the kernel's own
-count) is read every --every seconds beside the trace's size. The growth per
+count) and its viewer-index child's are read every --every seconds beside the
+trace's size. The growth per
 hour is the least-squares slope of RSS over the second half of the run (the
 first half includes warm-up: interning tables, the index's first pages).
 Prints a table; asserts nothing. The machine is shared: the load is printed.
@@ -48,6 +49,22 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def children_rss_mb(pid: int) -> float:
+    """The collector's children: its idle-priority viewer-index process."""
+    total = 0.0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                for kid in f.read().split():
+                    try:
+                        total += rss_mb(int(kid))
+                    except OSError:
+                        pass
+    except OSError:
+        pass
+    return total
+
+
 def slope_per_hour(points: list[tuple[float, float]]) -> float:
     n = len(points)
     if n < 2:
@@ -76,12 +93,13 @@ def main() -> int:
                 pass
             print(f"load: {os.getloadavg()[0]:.1f} (1 min), {os.cpu_count()} CPUs; "
                   f"target {a.rate:g} reads/s; {a.minutes:g} min")
-            print(f"{'t (s)':>7} {'RSS (MB)':>9} {'trace (MB)':>11}")
-            t0, points = time.monotonic(), []
+            print(f"{'t (s)':>7} {'RSS (MB)':>9} {'index (MB)':>11} {'trace (MB)':>11}")
+            t0, points, kids = time.monotonic(), [], []
             while (t := time.monotonic() - t0) < a.minutes * 60 and g.poll() is None:
                 points.append((t, rss_mb(g.pid)))
+                kids.append((t, children_rss_mb(g.pid)))
                 size = os.path.getsize(out) / 1e6 if os.path.exists(out) else 0.0
-                print(f"{t:7.0f} {points[-1][1]:9.1f} {size:11.1f}", flush=True)
+                print(f"{t:7.0f} {points[-1][1]:9.1f} {kids[-1][1]:11.1f} {size:11.1f}", flush=True)
                 time.sleep(a.every)
             g.send_signal(signal.SIGINT)
             g.communicate(timeout=300)
@@ -98,6 +116,9 @@ def main() -> int:
     print(f"RSS: start {points[0][1]:.1f} MB, end {points[-1][1]:.1f} MB, peak "
           f"{max(v for _, v in points):.1f} MB; growth over the second half: "
           f"{slope_per_hour(late):+.1f} MB/hour")
+    late_kids = [p for p in kids if p[0] >= kids[-1][0] / 2]
+    print(f"index child RSS: end {kids[-1][1]:.1f} MB, peak {max(v for _, v in kids):.1f} MB; "
+          f"growth over the second half: {slope_per_hour(late_kids):+.1f} MB/hour")
     return 0
 
 

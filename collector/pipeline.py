@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Collection
 from typing import Protocol
 
-from gpuscope.probes import procfs
+from gpuscope.probes import memtrim, procfs
 from gpuscope.probes.events import Event, Instant, Loss, Span, StackSample
 from gpuscope.probes.source import Source, SourceError, SourceStats
 
@@ -86,6 +86,7 @@ class Pipeline:
         self.processes: set[int] = set()       # the target's tree, every process seen
         self.live: set[int] = set()            # ... and still running
         self.generation = 0                    # attach count
+        self.compiler_freed_kb = 0             # RSS given back after the last attach's compiles
         self.attribution = Attribution()
         self.failed: dict[int, BaseException] = {}   # id(consumer) -> what its feed raised
         self._notices: list[str] = []
@@ -172,6 +173,8 @@ class Pipeline:
             ready = getattr(src, "wait_ready", None)
             if ready is not None:
                 ready(120.0)
+        # Every compile is done: BCC's compiler memory back to the kernel (~100 MB).
+        self.compiler_freed_kb = memtrim.release_compiler_memory()
         self.target, self.sources = pid, started
         self.processes, self.live = set(pids), set(pids)
         self.generation += 1

@@ -4,7 +4,6 @@ fails. Every BPF() of gpuscope goes through here."""
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import threading
@@ -17,20 +16,10 @@ COMPILE_LOCK = threading.Lock()
 
 
 def compiled(bcc, **kw):
-    """bcc.BPF(**kw) under the lock, then the compiler's freed heap handed back:
-    glibc keeps what LLVM freed (measured: RSS 166 -> 125 MB after the kernel
-    probes' compile), and a profiler's own memory is the job's too."""
+    """bcc.BPF(**kw), under the lock (the memory it leaves is given back once
+    every source has compiled: memtrim, from Pipeline.attach)."""
     with COMPILE_LOCK:
-        bpf = bcc.BPF(**kw)
-        _trim()
-    return bpf
-
-
-def _trim() -> None:
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):   # not glibc
-        pass
+        return bcc.BPF(**kw)
 
 
 def release(bpf) -> None:

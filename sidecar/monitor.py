@@ -22,7 +22,6 @@ from gpuscope.probes.events import Event, Instant, ThreadName
 from gpuscope.probes.source import Source, SourceError, SourceStats
 
 from .flightrec import FlightRecorder
-from .memtrim import release_compiler_memory
 from .metrics import Metrics
 
 CHECK_EVERY_S = 0.5
@@ -159,7 +158,7 @@ class Monitor:
             self.log(self.error)
             return False
         self.command, self.error, self._exited = procfs.cmdline(pid), None, False
-        freed = release_compiler_memory()   # BCC's compiler is done until the next attach
+        freed = self.pipeline.compiler_freed_kb   # BCC's compiler memory, given back at attach
         self._wake.clear()
         if self._stop.is_set():
             self._wake.set()

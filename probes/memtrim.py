@@ -1,10 +1,11 @@
-"""Gives back the memory BCC's compiler leaves behind, after each attach.
+"""Gives back the memory BCC's compiler leaves behind, after each attach
+(Pipeline.attach, once every source has compiled: `attach`, `run`, the sidecar).
 
 Compiling the probes maps libLLVM and libclang-cpp and touches about 70 MB of
 their code, and leaves about 40 MB of freed heap that glibc keeps. Neither is
-used again until the next attach (a restarted trainer), yet an always-on
-sidecar would carry both in its RSS for good, which is what its pod's memory
-limit and the issue 11 target (200 MB) count. So: malloc_trim(0), then
+used again until the next attach (a restarted trainer), yet a capture would
+carry both in its RSS for good, which is what a pod's memory limit and the
+issue 11 target (200 MB) count. So: malloc_trim(0), then
 madvise(MADV_DONTNEED) on the compiler's file mappings that hold no private
 (copy-on-write) pages, the only case where dropping them loses nothing: the
 kernel faults the same file pages back in if the code runs again."""
@@ -15,7 +16,7 @@ import ctypes
 import ctypes.util
 import re
 
-from gpuscope.probes import procfs
+from . import procfs
 
 MADV_DONTNEED = 4
 COMPILER_LIBS = re.compile(r"/lib(LLVM|clang)[^/]*\.so[^/]*$")
