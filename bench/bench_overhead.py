@@ -244,6 +244,13 @@ def phase_on(job: Job, tool: str, seconds: float, workdir: str) -> dict:
         out["kernel_per_s"] = sum(v for k, v in s["events"].items() if k not in ("python", "nvml")) / dur
         out["lost"] = sum(s["lost"].values())
         out["lost_by"] = {k: v for k, v in s["lost"].items() if v}
+        # Beside the collector's own CPU: its BPF programs (in the job's threads, from the
+        # kernel's run-time statistics, whole capture) and its idle-priority index child.
+        o = s.get("overhead") or {}
+        ncpu = o.get("cpus") or os.cpu_count() or 1
+        out["bpf_core"] = o["bpf_cpu_pct"] * ncpu / 100 if o.get("bpf_cpu_pct") is not None else None
+        out["index_core"] = (o["indexer_cpu_s"] / dur if o.get("indexer_cpu_s") is not None
+                             else None)
         for f in Path(workdir).glob("bench.*"):
             f.unlink()
     time.sleep(1.0)  # let the target settle after the detach
@@ -288,9 +295,11 @@ def fmt_row(r: dict) -> str:
     us = r["cpu_per_s"] / ev * 1e6 if ev else None
     cpu = f"{100 * r['cpu_per_s']:7.1f}%" if r["cpu_per_s"] is not None else f"{'-':>8}"
     rss = f"{r['rss']:7.0f}" if r["rss"] is not None else f"{r['rss_growth']:+6.0f}j"
+    extra = "".join(f"{100 * r[k]:6.1f}%" if r.get(k) is not None else f"{'-':>7}"
+                    for k in ("bpf_core", "index_core"))
     return (f"{r['tool']:<40} {r['off']:8.1f} {r['on']:8.1f} {100 * r['slowdown']:+8.1f}% "
             f"{100 * r['cpu_step']:+8.1f}% {100 * r['est']:+7.1f}% "
-            f"{cpu} {r['others']:6.0f}% {rss} "
+            f"{cpu}{extra} {r['others']:6.0f}% {rss} "
             + (f"{ev:9.0f} {us:7.1f} {r['lost']:7d}" if ev is not None else f"{'-':>9} {'-':>7} {'-':>7}"))
 
 
@@ -359,6 +368,9 @@ def main() -> None:
           f"py-spy {'yes' if PYSPY.exists() else 'missing'}")
     print("slowdown = time per step attached / mean of the unattached phases either side - 1; "
           "CPU = the profiler process's user+sys per second of the measured window (% of one core); "
+          "BPF = gpuscope's BPF programs' run time, in the job's threads (kernel statistics, on 1 s in "
+          "10; % of one core, whole capture); index = its idle-priority viewer-index child "
+          "(% of one core, whole capture; on CPU the job left idle); "
           "others = what other processes took of the machine meanwhile (the worst of the three "
           "phases compared): when it is high, that row is noise.\nCPU/step = the job's own CPU per "
           "step attached / unattached - 1 (what the profiler adds inside the job's threads; robust to "
@@ -380,7 +392,7 @@ def main() -> None:
         all_rows += rows
         print(f"\n== job {kind}: {JOB_NAMES[kind]}")
         print(f"{'attached':<40} {'off st/s':>8} {'on st/s':>8} {'slowdown':>9} {'CPU/step':>9} "
-              f"{'est.sat':>8} {'CPU':>8} {'others':>7} "
+              f"{'est.sat':>8} {'CPU':>8} {'BPF':>7}{'index':>7} {'others':>7} "
               f"{'RSS MB':>7} {'events/s':>9} {'µs/ev':>7} {'lost':>7}")
         for r in rows:
             print(fmt_row(r))
