@@ -22,22 +22,28 @@ FLOOD = ("import os, sys\nfd = os.open(sys.executable, os.O_RDONLY)\nsys.stdin.r
          "for _ in range(300000): os.pread(fd, 1, 0)\n")
 
 
-def test_ring_buffer_overflow_is_counted_and_shown(tmp_path):
+def flood(out: str, io: IoProbe, extra_cflags=()):
+    """The capture of a 300k-pread flood by the IO probe given."""
     target = subprocess.Popen([sys.executable, "-c", FLOOD], stdin=subprocess.PIPE, text=True)
-    out = str(tmp_path / "loss.pftrace")
-    proc, io = ProcProbe(), IoProbe(oneby_per_s=0)   # every read one by one
+    proc = ProcProbe()
     proc.listeners.append(io)
-    src = KernelProbes([proc, io], extra_cflags=["-DIO_RING_PAGES=1"])
+    src = KernelProbes([proc, io], extra_cflags=list(extra_cflags))
 
     def go(_session):
         target.stdin.write("go\n")
         target.stdin.flush()
 
     try:
-        cap = Session(target.pid, [src], out).run(on_attached=go)
+        return Session(target.pid, [src], out).run(on_attached=go)
     finally:
         target.kill()
         target.wait()
+
+
+def test_ring_buffer_overflow_is_counted_and_shown(tmp_path):
+    out = str(tmp_path / "loss.pftrace")
+    # every read one by one (no flood control), into a one-page ring
+    cap = flood(out, IoProbe(oneby_per_s=0), ["-DIO_RING_PAGES=1"])
     lost = cap.lost["io"]
     assert lost > 0, "a 4 KiB ring buffer cannot hold a 300k-read flood"
     assert cap.events["io"] + lost >= 300_000  # every read either delivered or counted
@@ -48,21 +54,9 @@ def test_ring_buffer_overflow_is_counted_and_shown(tmp_path):
 
 
 def test_a_flood_beyond_the_one_by_one_rate_is_summed_not_lost(tmp_path):
-    target = subprocess.Popen([sys.executable, "-c", FLOOD], stdin=subprocess.PIPE, text=True)
     out = str(tmp_path / "flood.pftrace")
-    proc, io = ProcProbe(), IoProbe(oneby_per_s=5_000)
-    proc.listeners.append(io)
-    src = KernelProbes([proc, io])
-
-    def go(_session):
-        target.stdin.write("go\n")
-        target.stdin.flush()
-
-    try:
-        cap = Session(target.pid, [src], out).run(on_attached=go)
-    finally:
-        target.kill()
-        target.wait()
+    io = IoProbe(oneby_per_s=5_000)
+    cap = flood(out, io)
     assert cap.lost["io"] == 0
     assert cap.aggregated["io"] >= 250_000 and cap.events["io"] + cap.aggregated["io"] >= 300_000
     assert io.flooded >= 250_000 and cap.aggregated["io"] >= io.flooded
