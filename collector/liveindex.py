@@ -87,7 +87,7 @@ class LiveIndex:
                                         f"exited with status {child.returncode}")
                 return
             time.sleep(0.02)
-        self.index_error = None   # still catching up: it completes the index by itself
+        # still catching up: it completes the index by itself
 
 
 def follow(trace: str, path: str) -> int:

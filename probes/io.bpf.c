@@ -76,6 +76,19 @@ struct lifecycle_budget {
 };
 BPF_TABLE("lru_hash", u32, struct lifecycle_budget, lifecycle_budgets, 16384);
 
+// One more event shipped one by one in this second, if the budget has room.
+static __always_inline int take_one(struct lifecycle_budget *b, u64 now, u64 limit)
+{
+    if (now - b->window >= 1000000000ULL) {
+        b->window = now;
+        b->shipped = 0;
+    }
+    if (b->shipped >= limit)
+        return 0;
+    b->shipped++;
+    return 1;
+}
+
 static __always_inline int lifecycle_one_by_one(u32 tid, u64 now)
 {
     u64 limit = config(CFG_IPC_LIFECYCLE_PER_S);
@@ -85,14 +98,7 @@ static __always_inline int lifecycle_one_by_one(u32 tid, u64 now)
     struct lifecycle_budget *b = lifecycle_budgets.lookup_or_try_init(&tid, &zero);
     if (!b)
         return 1;
-    if (now - b->window >= 1000000000ULL) {
-        b->window = now;
-        b->shipped = 0;
-    }
-    if (b->shipped >= limit)
-        return 0;
-    b->shipped++;
-    return 1;
+    return take_one(b, now, limit);
 }
 
 // A GPU library's file name (.../libcu*, .../libnccl*): its open wakes the
@@ -135,16 +141,8 @@ static __always_inline int flooded(u64 now)
         return 0;
     int zero = 0;
     struct lifecycle_budget *b = io_flood.lookup(&zero);
-    if (!b)
+    if (!b || take_one(b, now, limit))
         return 0;
-    if (now - b->window >= 1000000000ULL) {
-        b->window = now;
-        b->shipped = 0;
-    }
-    if (b->shipped < limit) {
-        b->shipped++;
-        return 0;
-    }
     u64 *n = io_flooded.lookup(&zero);
     if (n)
         (*n)++;

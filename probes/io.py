@@ -17,7 +17,7 @@ import struct
 from . import fsnames, procfs
 from .bccload import bcc_module, tracepoint_exists
 from .events import IO, Event, Span
-from .kernel import BPF_NOEXIST, Probe
+from .kernel import BPF_NOEXIST, CFG_IO_ONEBY_PER_CPU_S, Probe
 from .ringbuf import event_class, struct_of
 from .summed import CLS_DATA, CLS_OTHER
 
@@ -41,7 +41,6 @@ _NOT_DATA = ("/dev/", "/proc/", "/sys/", "/memfd:")
 # files/s make ~16k calls/s); a one-by-one event costs the collector ~6 µs, so
 # 20k/s is ~12% of a core at most, and a flood is never lost. `--io-oneby-per-s`.
 IO_ONEBY_PER_S = 20_000
-CFG_IO_ONEBY_PER_CPU_S = 3   # tracked.h
 _GPU_LIB, _GPU_LIB2 = "/libcu", "/libnccl"   # as io.bpf.c's gpu_library()
 
 

@@ -33,6 +33,7 @@ _first = operator.itemgetter(0)
 
 # Config slots, as in tracked.h.
 CFG_ONEBY_WAIT_NS, CFG_FILE_SUMMED_NS, CFG_IPC_LIFECYCLE_PER_S = 0, 1, 2
+CFG_IO_ONEBY_PER_CPU_S = 3   # set once by io.py (flood control), not by the levels
 # Detail levels for the overhead budget, most detail first: (what is given up,
 # config). Raised and lowered at run time through the config map, no reload.
 # At every level: data-file IO one by one (but short transfers from level 2),
